@@ -1,0 +1,1 @@
+"""lk_probe.testing: a LiveKit server double with fault injection (work in progress)."""
