@@ -1,3 +1,142 @@
-"""lk_probe: OpenTelemetry spans for every phase of a LiveKit agent's life (work in progress)."""
+"""lk_probe: OpenTelemetry spans for every phase of a LiveKit agent's life.
 
-__version__ = "0.1.0"
+Usage, at the top of the agent's entrypoint file::
+
+    import lk_probe
+    lk_probe.install()
+
+That instruments the livekit-agents worker (job receipt → availability → assignment → launch → process exit), every
+job process (prewarm, ctx.connect, one trace per job shared with livekit-agents' own spans) and ``livekit.rtc.Room``
+(the Rust engine's connect phases and reconnect episodes). Spans go to the provider you pass, else the global SDK
+provider, else one built from the standard ``OTEL_*`` variables. ``uninstall()`` restores everything.
+
+``opentelemetry-instrument`` picks up :class:`LiveKitInstrumentor` through the ``opentelemetry_instrumentor``
+entry point (name ``livekit``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Collection
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from .version import __version__
+
+log = logging.getLogger("lk_probe")
+_lock = threading.RLock()
+
+__all__ = ["LiveKitInstrumentor", "install", "uninstall", "flush", "installed", "__version__"]
+
+
+class LiveKitInstrumentor(BaseInstrumentor):
+    """OpenTelemetry-contrib style instrumentor behind :func:`install` / :func:`uninstall`."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        from .package import _instruments
+
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        from . import _config, _provider
+        from ._errors import guard
+        from ._recorder import _watchdog
+
+        provider = kwargs.pop("tracer_provider", None)
+        kwargs.pop("skip_dep_check", None)
+        options = _config.resolve(**kwargs)
+        if not options.enabled or _config.otel_disabled() or _config.disabled_by_otel_instrumentations():
+            log.info("lk_probe: disabled by configuration; nothing is instrumented")
+            return
+        _provider.configure(provider, options)
+        _watchdog.enabled = options.stall_records
+        _check_versions()
+        opts = {k: v for k, v in kwargs.items()}
+        if options.worker:
+            with guard("install.worker"):
+                from ._patches import worker
+
+                worker.instrument()
+        if options.job_process:
+            with guard("install.job"):
+                from ._patches import job
+
+                job.instrument(opts)
+        if options.rtc:
+            with guard("install.room"):
+                from ._patches import room
+
+                room.instrument()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        from . import _patching, _provider
+        from ._errors import guard
+
+        with guard("uninstall.room"):
+            from ._patches import room
+
+            room.uninstrument()
+        _patching.unwrap_all()
+        with guard("uninstall.state"):
+            from ._patches import job, worker
+
+            worker.reset()
+            job.reset()
+        _provider.reset()
+
+
+def _check_versions() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ._errors import warn_once
+
+    checks = (("livekit-agents", (1, 2), (1, 9)), ("livekit", (1, 1), (1, 3)))
+    for dist, low, high in checks:
+        try:
+            v = version(dist)
+        except PackageNotFoundError:
+            continue
+        try:
+            parts = tuple(int(x) for x in v.split(".")[:2])
+        except ValueError:
+            continue
+        if not (low <= parts < high):
+            warn_once(f"version:{dist}", "lk_probe: %s %s is outside the tested range %s–%s; instrumenting what "
+                      "still applies", dist, v, ".".join(map(str, low)), ".".join(map(str, high)))
+
+
+def install(tracer_provider: Any = None, **options: Any) -> None:
+    """Instrument the worker, the job processes and ``livekit.rtc.Room``. Idempotent; never raises at run time.
+
+    Args:
+        tracer_provider: where spans go. Default: the global SDK provider if set, else one built from ``OTEL_*``.
+        **options: see the README's option table (each also has an ``LK_PROBE_*`` environment variable).
+    """
+    from ._config import resolve
+
+    resolve(**options)  # unknown options are a programming error: TypeError now, not a silent no-op
+    with _lock:
+        inst = LiveKitInstrumentor()
+        if inst.is_instrumented_by_opentelemetry:
+            return
+        inst.instrument(tracer_provider=tracer_provider, skip_dep_check=True, **options)
+
+
+def uninstall() -> None:
+    """Undo :func:`install`: every patched target is restored. Idempotent."""
+    with _lock:
+        inst = LiveKitInstrumentor()
+        if inst.is_instrumented_by_opentelemetry:
+            inst.uninstrument()
+
+
+def installed() -> bool:
+    return LiveKitInstrumentor().is_instrumented_by_opentelemetry
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Export what lk_probe has recorded so far, waiting at most ``timeout`` seconds."""
+    from . import _provider
+
+    return _provider.flush(timeout)

@@ -1,0 +1,229 @@
+"""The job process: prewarm, the job's trace context, ctx.connect, and the flush at job end.
+
+lk_probe gets into every job process from the worker: ``ProcPool.__init__``'s ``initialize_process_fnc`` is replaced
+by a picklable ``functools.partial(_child_init, original, options)``, so the child imports lk_probe and installs it
+during prewarm even when the agent file is not re-imported there. ``_JobProc._start_job`` then attaches the context
+derived from the job id, so livekit-agents' own spans (``job_entrypoint``, ``room_connect``, …) and lk_probe's land
+in the worker's trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from .. import _provider
+from .._errors import guard
+from .._ids import job_parent_context, trace_id_for
+from .._patching import wrap
+from .._recorder import Recorder
+
+POOL_MOD = "livekit.agents.ipc.proc_pool"
+LAZY_MOD = "livekit.agents.ipc.job_proc_lazy_main"
+JOB_MOD = "livekit.agents.job"
+TRACES_MOD = "livekit.agents.telemetry.traces"
+
+
+@dataclass
+class ConnectScope:
+    """Set while JobContext.connect runs; Room.connect nests its phases under ``span`` (ours or agents')."""
+
+    job_rec: Recorder | None
+    span: Any = None
+
+
+connect_scope: contextvars.ContextVar[ConnectScope | None] = contextvars.ContextVar("lk_probe_connect", default=None)
+
+_state: dict[str, Any] = {"prewarm": None, "job_rec": None, "options": {}}
+
+
+def job_recorder() -> Recorder | None:
+    return _state["job_rec"]
+
+
+def in_job_process() -> bool:
+    return multiprocessing.current_process().name in ("job_proc",)
+
+
+def _agents_has_room_connect_span() -> bool:
+    try:
+        from livekit.agents import __version__ as v
+
+        major, minor, patch = (int(x) for x in v.split(".")[:3])
+        return (major, minor, patch) >= (1, 8, 2)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ child bootstrap
+
+
+def _child_init(original: Any, options: dict[str, Any], proc: Any) -> Any:
+    """Runs in the job process as its initialize_process_fnc (pickled by reference from the worker)."""
+    t0 = time.time_ns()
+    with guard("job.child_init"):
+        if in_job_process():
+            import lk_probe
+
+            lk_probe.install(**options)
+    try:
+        return original(proc)
+    finally:
+        _state["prewarm"] = (t0, time.time_ns(), os.getpid())
+
+
+def _pool_init(wrapped, instance, args, kwargs):
+    with guard("job.pool_init"):
+        fnc = kwargs.get("initialize_process_fnc")
+        if fnc is not None and not (isinstance(fnc, functools.partial) and fnc.func is _child_init):
+            kwargs["initialize_process_fnc"] = functools.partial(_child_init, fnc, dict(_state["options"]))
+    return wrapped(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+def _start_job(wrapped, instance, args, kwargs):
+    ctx = None
+    with guard("job.start"):
+        msg = args[0] if args else kwargs["msg"]
+        job = msg.running_job.job
+        sampled = _provider.sampled_root(trace_id_for(job.id))
+        ctx = job_parent_context(job.id, job.state.started_at, sampled=sampled)
+        rec = Recorder(ctx, attributes={"lk.job_id": job.id}, label=job.id)
+        _state["job_rec"] = rec
+        pre = _state.get("prewarm")
+        if pre is not None:
+            t0, t1, pid = pre
+            rec.start("process.prewarm", "process.prewarm", t=t0, attributes={"process.pid": pid})
+            rec.end("process.prewarm", t=t1)
+    if ctx is None:
+        return wrapped(*args, **kwargs)
+    token = otel_context.attach(ctx)  # the job task created inside inherits it
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        otel_context.detach(token)
+
+
+async def _run_job_task(wrapped, instance, args, kwargs):
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        with guard("job.end"):
+            rec = _state.get("job_rec")
+            if rec is not None:
+                rec.close_all(error_type="incomplete", error_message="still open when the job ended")
+            await asyncio.get_running_loop().run_in_executor(None, _provider.flush, None)
+
+
+def _on_cleanup(wrapped, instance, args, kwargs):
+    # livekit-agents 1.3–1.7 shut down the SDK provider their tracer holds here; if that is ours, get our spans
+    # out first.
+    with guard("job.cleanup"):
+        import sys
+
+        traces = sys.modules.get(TRACES_MOD)
+        held = getattr(getattr(traces, "tracer", None), "_tracer_provider", None)
+        if held is not None and held is _provider._state.get("provider"):
+            _provider.flush()
+    return wrapped(*args, **kwargs)
+
+
+async def _ctx_connect(wrapped, instance, args, kwargs):
+    if connect_scope.get() is not None or getattr(instance, "_connected", False):
+        return await wrapped(*args, **kwargs)
+    scope = ConnectScope(_state.get("job_rec"))
+    token = connect_scope.set(scope)
+    own_span = None
+    ctx_token = None
+    try:
+        with guard("job.connect_start"):
+            if not _agents_has_room_connect_span():
+                rec = scope.job_rec
+                info = getattr(instance, "_info", None)
+                attrs = _server_attrs(getattr(info, "url", "") or "")
+                if rec is not None:
+                    own_span = rec.start("job.connect", "job.connect", attributes=attrs)
+                else:
+                    own_span = _provider.tracer().start_span("job.connect", attributes={
+                        "lk_probe.phase": "job.connect", **attrs})
+                if own_span is not None:
+                    scope.span = own_span
+                    ctx_token = otel_context.attach(trace.set_span_in_context(own_span))
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as e:
+            with guard("job.connect_failed"):
+                _end_connect(scope, own_span, error=e)
+            raise
+        with guard("job.connect_end"):
+            _end_connect(scope, own_span, error=None)
+        return result
+    finally:
+        if ctx_token is not None:
+            otel_context.detach(ctx_token)
+        connect_scope.reset(token)
+
+
+def _end_connect(scope: ConnectScope, own_span: Any, error: BaseException | None) -> None:
+    if own_span is None:
+        return
+    kw: dict[str, Any] = {}
+    if error is not None:
+        kw = {"error_type": "cancelled" if isinstance(error, asyncio.CancelledError) else type(error).__name__,
+              "error_message": str(error)}
+    if scope.job_rec is not None and scope.job_rec.is_open("job.connect"):
+        scope.job_rec.end("job.connect", **kw)
+    else:
+        from opentelemetry.trace import Status, StatusCode
+
+        if error is not None:
+            own_span.set_status(Status(StatusCode.ERROR, kw["error_message"] or kw["error_type"]))
+            own_span.set_attribute("error.type", kw["error_type"])
+        own_span.end()
+
+
+def _server_attrs(url: str) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(url)
+        port = u.port or (443 if u.scheme in ("wss", "https") else 80)
+        return {"server.address": u.hostname, "server.port": port}
+    except ValueError:
+        return {}
+
+
+def _agents_start_span(wrapped, instance, args, kwargs):
+    span = wrapped(*args, **kwargs)
+    with guard("job.capture_room_connect"):
+        name = args[0] if args else kwargs.get("name")
+        scope = connect_scope.get()
+        if name == "room_connect" and scope is not None and scope.span is None:
+            scope.span = span
+    return span
+
+
+def instrument(options: dict[str, Any]) -> None:
+    _state["options"] = options
+    wrap(POOL_MOD, "ProcPool.__init__", _pool_init, feature="lk_probe in job processes")
+    wrap(LAZY_MOD, "_JobProc._start_job", _start_job, feature="one trace per job")
+    wrap(LAZY_MOD, "_JobProc._run_job_task", _run_job_task, feature="the flush at job end")
+    wrap(JOB_MOD, "JobContext._on_cleanup", _on_cleanup, required=False)
+    wrap(JOB_MOD, "JobContext.connect", _ctx_connect, feature="ctx.connect")
+    if _agents_has_room_connect_span():
+        wrap(TRACES_MOD, "_DynamicTracer.start_span", _agents_start_span, required=False)
+
+
+def reset() -> None:
+    _state.update(prewarm=None, job_rec=None)

@@ -1,0 +1,190 @@
+"""livekit.rtc.Room: the connect call, its room events, and the routing of Rust engine records to one machine.
+
+Inside a job, Room.connect's engine phases nest under ``job.connect`` (ours) or agents' ``room_connect``; a plain
+rtc user gets an ``rtc.connect`` span of its own. The Rust records carry no room handle, so they go to the machine
+of the most recent Room that is still connecting or connected in this process (one room per job process is the
+livekit-agents norm; with several rooms at once, records are attributed to the newest — see the README).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from .._errors import guard, warn_once
+from .._patching import wrap
+from .._recorder import Recorder
+from . import job as job_patch
+
+RTC_ROOM_MOD = "livekit.rtc.room"
+
+_lock = threading.Lock()
+_machines: list[tuple[weakref.ref, Any]] = []  # (room, EngineMachine), newest last
+_MAX_MACHINES = 16
+
+
+def active_machine() -> Any:
+    with _lock:
+        while _machines and (_machines[-1][0]() is None or getattr(_machines[-1][1], "_lk_probe_closed", False)):
+            _machines.pop()
+        return _machines[-1][1] if _machines else None
+
+
+def _register(room: Any, machine: Any) -> None:
+    with _lock:
+        _machines[:] = [(r, m) for r, m in _machines if r() is not None and r() is not room]
+        _machines.append((weakref.ref(room), machine))
+        del _machines[:-_MAX_MACHINES]
+
+
+def _rtc_version() -> str:
+    try:
+        from livekit.rtc import __version__
+
+        return __version__
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _new_machine(rec: Recorder) -> Any:
+    try:
+        from .._rust.machine import EngineMachine
+    except ImportError as e:
+        warn_once("no-machine", "lk_probe: the Rust engine bridge is unavailable (%s); connect phases inside the "
+                  "engine are not traced", e)
+        return None
+    return EngineMachine(rec, version=_rtc_version())
+
+
+async def _room_connect(wrapped, instance, args, kwargs):
+    state = None
+    with guard("room.connect_start"):
+        state = _begin(instance, args, kwargs)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as e:
+        with guard("room.connect_failed"):
+            if state is not None:
+                _finish(instance, state, error=e)
+        raise
+    with guard("room.connect_done"):
+        if state is not None:
+            _finish(instance, state, error=None)
+    return result
+
+
+def _begin(room: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    url = args[0] if args else kwargs.get("url", "")
+    t = time.time_ns()
+    scope = job_patch.connect_scope.get()
+    ambient = otel_context.get_current()
+    attrs = job_patch._server_attrs(url or "")
+    job_rec = scope.job_rec if scope is not None else job_patch.job_recorder()
+    common = dict(job_rec.attributes) if job_rec is not None else {}
+    if scope is not None:
+        parent_ctx = trace.set_span_in_context(scope.span) if scope.span is not None else ambient
+        rec = Recorder(parent_ctx, attributes=common, label=getattr(job_rec, "label", ""))
+        own = None
+    else:
+        rec = Recorder(ambient, attributes=common, label=getattr(job_rec, "label", ""))
+        own = rec.start("rtc.connect", "rtc.connect", t=t, attributes=attrs)
+        rec.set_default_parent(rec.context("rtc.connect"))
+    machine = _new_machine(rec)
+    if machine is not None:
+        _register(room, machine)
+        machine.connect_started(t, url or "")
+    # after the connect, reconnect episodes belong to the job (or to whatever was current at connect time)
+    session_ctx = job_rec.default_parent if job_rec is not None else ambient
+    return {"rec": rec, "own": own, "machine": machine, "session_ctx": session_ctx}
+
+
+def _finish(room: Any, state: dict[str, Any], error: BaseException | None) -> None:
+    t = time.time_ns()
+    rec: Recorder = state["rec"]
+    machine = state["machine"]
+    err_text = None if error is None else (str(error) or type(error).__name__)
+    if machine is not None:
+        machine.connect_finished(t, err_text)
+    if state["own"] is not None:
+        if error is None:
+            rec.end("rtc.connect", t=t)
+        else:
+            rec.end("rtc.connect", t=t, error_type=_connect_error_type(error), error_message=err_text)
+    if error is None:
+        rec.set_default_parent(state["session_ctx"])
+        if machine is not None:
+            _listen(room, machine)
+    elif machine is not None:
+        machine._lk_probe_closed = True
+
+
+def _connect_error_type(error: BaseException) -> str:
+    import asyncio
+
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    text = str(error).lower()
+    for needle, kind in (("timed out", "timeout"), ("timeout", "timeout"), ("401", "auth"), ("403", "auth"),
+                         ("404", "http_404"), ("refused", "refused"), ("region", "region_fetch")):
+        if needle in text:
+            return kind
+    return type(error).__name__
+
+
+_EVENTS = ("reconnecting", "reconnected", "disconnected", "moved", "participant_disconnected",
+           "local_track_republished", "connection_state_changed")
+
+
+def _listen(room: Any, machine: Any) -> None:
+    if getattr(room, "_lk_probe_listening", None) is machine:
+        return
+    room._lk_probe_listening = machine
+
+    def handler(name: str):
+        def on_event(*args: Any) -> None:
+            with guard("room.event"):
+                if getattr(room, "_lk_probe_listening", None) is not machine:
+                    return
+                data: dict[str, Any] = {}
+                if name == "disconnected" and args:
+                    data["reason"] = int(args[0]) if isinstance(args[0], int) else str(args[0])
+                elif name == "participant_disconnected" and args:
+                    data["identity"] = getattr(args[0], "identity", "")
+                elif name == "connection_state_changed" and args:
+                    data["state"] = int(args[0])
+                machine.room_event(name, time.time_ns(), **data)
+                if name == "disconnected":
+                    machine.closed(time.time_ns())
+                    machine._lk_probe_closed = True
+
+        return on_event
+
+    for name in _EVENTS:
+        room.on(name, handler(name))
+
+
+def instrument() -> None:
+    wrap(RTC_ROOM_MOD, "Room.connect", _room_connect, feature="Room.connect")
+    with guard("room.bridge"):
+        try:
+            from .._rust import bridge
+        except ImportError as e:
+            warn_once("no-bridge", "lk_probe: the Rust record bridge is unavailable (%s)", e)
+            return
+        bridge.install(active_machine)
+
+
+def uninstrument() -> None:
+    with guard("room.bridge_uninstall"):
+        try:
+            from .._rust import bridge
+        except ImportError:
+            return
+        bridge.uninstall()
+    with _lock:
+        _machines.clear()

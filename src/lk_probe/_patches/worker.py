@@ -1,0 +1,379 @@
+"""The agents worker (parent process): job receipt → availability → request handler → assignment → launch → process.
+
+Patch points are the same in livekit-agents 1.2–1.8 (see the README's phase table); the server class is ``Worker``
+in 1.2 and ``AgentServer`` from 1.3. livekit-agents emits no spans in this process, so everything here is
+lk_probe's own. The job's ``job`` span gets an id derived from the job id (``_ids``), which the job process uses as
+its parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import time
+from typing import Any
+
+from opentelemetry import context as otel_context
+
+from .. import _provider
+from .._errors import guard
+from .._ids import forced_ids, root_span_id_for, trace_id_for
+from .._patching import wrap
+from .._recorder import Recorder
+
+WORKER_MOD = "livekit.agents.worker"
+JOB_MOD = "livekit.agents.job"
+POOL_MOD = "livekit.agents.ipc.proc_pool"
+EXEC_MOD = "livekit.agents.ipc.job_proc_executor"
+SUP_MOD = "livekit.agents.ipc.supervised_proc"
+
+MAX_JOBS = 1024  # bound the per-job state whatever happens
+
+
+class _JobTrace:
+    def __init__(self, job: Any, t: int, worker: Any) -> None:
+        self.job_id: str = job.id
+        # an empty context: the job span is a root whatever happens to be current in the worker
+        self.rec = Recorder(otel_context.Context(), attributes={"lk.job_id": job.id}, label=job.id)
+        self.answered = False
+        self.request_seen = False
+        self.worker = worker
+
+
+_jobs: dict[str, _JobTrace] = {}
+_current: contextvars.ContextVar[_JobTrace | None] = contextvars.ContextVar("lk_probe_worker_job", default=None)
+_last_status: dict[int, str] = {}
+
+
+def _server_class_path() -> str | None:
+    import importlib
+
+    mod = importlib.import_module(WORKER_MOD)
+    if hasattr(mod, "AgentServer"):
+        return "AgentServer"
+    if hasattr(mod, "Worker"):
+        return "Worker"
+    return None
+
+
+def _worker_state(worker: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    with guard("worker.state"):
+        attrs["lk.job.worker_id"] = getattr(worker, "id", None) or getattr(worker, "_id", None)
+        load = getattr(worker, "_worker_load", None)
+        if load is not None:
+            attrs["lk_probe.worker.load"] = float(load)
+        attrs["lk_probe.worker.status"] = _last_status.get(id(worker), "WS_AVAILABLE")
+        jobs = getattr(worker, "active_jobs", None)
+        if jobs is not None:
+            attrs["lk_probe.worker.active_jobs"] = len(jobs)
+        pool = getattr(worker, "_proc_pool", None)
+        q = getattr(pool, "_warmed_proc_queue", None)
+        if q is not None:
+            attrs["lk_probe.worker.idle_processes"] = q.qsize()
+        threshold = _threshold(worker)
+        if threshold is not None:
+            attrs["lk_probe.worker.load_threshold"] = threshold
+    return attrs
+
+
+def _threshold(worker: Any) -> float | None:
+    mod = sys.modules.get(WORKER_MOD)
+    opt_cls = getattr(mod, "ServerEnvOption", None) or getattr(mod, "_WorkerEnvOption", None)
+    raw = getattr(worker, "_load_threshold", None)
+    if raw is None:
+        raw = getattr(getattr(worker, "_opts", None), "load_threshold", None)
+    if opt_cls is None or raw is None:
+        return None
+    value = opt_cls.getvalue(raw, bool(getattr(worker, "_devmode", False)))
+    return float(value)
+
+
+def _job_attributes(job: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"lk.job_id": job.id}
+    with guard("worker.job_attributes"):
+        attrs["lk.dispatch_id"] = job.dispatch_id or None
+        attrs["lk.room_sid"] = job.room.sid or None
+        attrs["lk.pii.room_name"] = job.room.name or None
+        attrs["lk.agent_name"] = job.agent_name or None
+        started = int(job.state.started_at or 0)
+        if started:
+            attrs["lk_probe.job.server_sent_at"] = started
+        created_ms = int(getattr(job.room, "creation_time_ms", 0) or 0) or int(job.room.creation_time or 0) * 1000
+        if created_ms:
+            attrs["lk_probe.room.created_at"] = created_ms * 1_000_000
+    return attrs
+
+
+# ------------------------------------------------------------------------------------------------ wrappers
+
+
+def _handle_availability(wrapped, instance, args, kwargs):
+    jt = None
+    with guard("worker.availability"):
+        msg = args[0] if args else kwargs["msg"]
+        job = msg.job
+        t = time.time_ns()
+        if len(_jobs) >= MAX_JOBS:
+            _jobs.pop(next(iter(_jobs))).rec.close_all(error_type="evicted")
+        jt = _JobTrace(job, t, instance)
+        attrs = {**_job_attributes(job), **_worker_state(instance),
+                 "lk_probe.job.resuming": bool(getattr(msg, "resuming", False))}
+        with forced_ids(trace_id_for(job.id), root_span_id_for(job.id, job.state.started_at)):
+            jt.rec.start("job", "job", t=t, parent=None, attributes=attrs)
+        jt.rec.set_default_parent(jt.rec.context("job"))
+        jt.rec.start("job.availability", "job.availability", t=t)
+        _jobs[job.id] = jt
+    if jt is None:
+        return wrapped(*args, **kwargs)
+    # tasks created by the original (the answer, the request handler, accept → launch) inherit this context
+    token = otel_context.attach(jt.rec.default_parent)
+    var_token = _current.set(jt)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _current.reset(var_token)
+        otel_context.detach(token)
+
+
+def _queue_msg(wrapped, instance, args, kwargs):
+    with guard("worker.queue_msg"):
+        msg = args[0] if args else kwargs["msg"]
+        which = msg.WhichOneof("message")
+        if which == "availability":
+            _on_answer(msg.availability)
+        elif which == "update_worker":
+            _on_worker_status(instance, msg.update_worker)
+    return wrapped(*args, **kwargs)
+
+
+def _on_answer(av: Any) -> None:
+    jt = _jobs.get(av.job_id)
+    if jt is None or jt.answered:
+        return
+    jt.answered = True
+    t = time.time_ns()
+    if av.available:
+        jt.rec.end("job.availability", t=t, attributes={"lk_probe.available": True, "lk_probe.outcome": "accepted"})
+        jt.rec.start("job.assignment", "job.assignment", t=t)
+        return
+    outcome = "rejected" if jt.request_seen else "rejected_unavailable"
+    jt.rec.end("job.availability", t=t, attributes={"lk_probe.available": False, "lk_probe.outcome": outcome,
+                                                    "lk_probe.terminate": bool(getattr(av, "terminate", False))})
+    _finish_job(jt, t, outcome=outcome)
+
+
+def _on_worker_status(worker: Any, upd: Any) -> None:
+    from livekit.protocol import agent
+
+    status = agent.WorkerStatus.Name(upd.status)
+    prev = _last_status.get(id(worker), "WS_AVAILABLE")
+    _last_status[id(worker)] = status
+    if status != prev:
+        attrs = {"lk_probe.worker.status": status, "lk_probe.worker.previous_status": prev,
+                 "lk_probe.worker.load": float(upd.load)}
+        for jt in list(_jobs.values()):
+            jt.rec.event("job", "worker.status_changed", attributes=attrs)
+
+
+def _job_request_init(wrapped, instance, args, kwargs):
+    result = wrapped(*args, **kwargs)
+    with guard("worker.job_request"):
+        jt = _current.get()
+        job = kwargs.get("job") or (args[0] if args else None)
+        if jt is None and job is not None:
+            jt = _jobs.get(job.id)
+        if jt is not None:
+            jt.request_seen = True
+            instance._lk_probe_job = jt
+            jt.rec.start("job.request_handler", "job.request_handler")
+    return result
+
+
+async def _job_request_accept(wrapped, instance, args, kwargs):
+    jt = getattr(instance, "_lk_probe_job", None)
+    with guard("worker.accept"):
+        if jt is not None:
+            jt.rec.end("job.request_handler", attributes={"lk_probe.outcome": "accepted"})
+    try:
+        return await wrapped(*args, **kwargs)
+    except BaseException as e:
+        with guard("worker.accept_failed"):
+            if jt is not None:
+                _on_accept_failed(jt, e)
+        raise
+
+
+def _on_accept_failed(jt: _JobTrace, e: BaseException) -> None:
+    t = time.time_ns()
+    name = type(e).__name__
+    if name == "AssignmentTimeoutError":
+        jt.rec.end("job.assignment", t=t, error_type="assignment_timeout",
+                   error_message="no JobAssignment within the assignment timeout (7.5 s)")
+        _finish_job(jt, t, outcome="assignment_timeout", error_type="assignment_timeout")
+    elif isinstance(e, asyncio.CancelledError):
+        _finish_job(jt, t, outcome="cancelled", error_type="cancelled")
+    else:
+        _finish_job(jt, t, outcome="launch_failed", error_type=name, error_message=str(e))
+
+
+async def _job_request_reject(wrapped, instance, args, kwargs):
+    with guard("worker.reject"):
+        jt = getattr(instance, "_lk_probe_job", None)
+        if jt is not None:
+            jt.rec.end("job.request_handler", attributes={"lk_probe.outcome": "rejected"})
+    return await wrapped(*args, **kwargs)
+
+
+def _handle_assignment(wrapped, instance, args, kwargs):
+    with guard("worker.assignment"):
+        assignment = args[0] if args else kwargs["assignment"]
+        jt = _jobs.get(assignment.job.id)
+        if jt is not None and jt.rec.is_open("job.assignment"):
+            jt.rec.end("job.assignment", attributes={"lk_probe.outcome": "assigned"})
+    return wrapped(*args, **kwargs)
+
+
+async def _pool_launch_job(wrapped, instance, args, kwargs):
+    jt = None
+    with guard("worker.launch"):
+        info = args[0] if args else kwargs["info"]
+        jt = _jobs.get(info.job.id)
+        if jt is not None:
+            q = getattr(instance, "_warmed_proc_queue", None)
+            idle = q.qsize() if q is not None else None
+            jt.rec.start("job.launch", "job.launch", attributes={
+                "lk_probe.warm": bool(idle) if idle is not None else None,
+                "lk_probe.worker.idle_processes": idle})
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as e:
+        with guard("worker.launch_failed"):
+            if jt is not None:
+                jt.rec.end("job.launch", error_type=type(e).__name__, error_message=str(e))
+        raise
+    with guard("worker.launched"):
+        if jt is not None:
+            jt.rec.end("job.launch", attributes={"lk_probe.outcome": "launched"})
+    return result
+
+
+async def _exec_launch_job(wrapped, instance, args, kwargs):
+    jt = None
+    with guard("worker.handoff"):
+        info = args[0] if args else kwargs["info"]
+        jt = _jobs.get(info.job.id)
+        if jt is not None:
+            pid = getattr(instance, "pid", None)
+            parent = "job.launch" if jt.rec.is_open("job.launch") else None
+            jt.rec.start("job.handoff", "job.handoff", parent=parent, attributes={"process.pid": pid})
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as e:
+        with guard("worker.handoff_failed"):
+            if jt is not None:
+                jt.rec.end("job.handoff", error_type=type(e).__name__, error_message=str(e))
+        raise
+    with guard("worker.handed_off"):
+        if jt is not None:
+            jt.rec.end("job.handoff")
+            jt.rec.start("job.process", "job.process", attributes={"process.pid": getattr(instance, "pid", None)})
+            instance._lk_probe_job = jt
+    return result
+
+
+async def _exec_supervise(wrapped, instance, args, kwargs):
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        jt = None
+        with guard("worker.process_end"):
+            jt = getattr(instance, "_lk_probe_job", None)
+            if jt is not None:
+                _on_process_end(jt, instance)
+        if jt is not None:
+            with guard("worker.flush"):
+                await asyncio.get_running_loop().run_in_executor(None, _provider.flush, None)
+
+
+def _on_process_end(jt: _JobTrace, proc: Any) -> None:
+    import signal
+
+    t = time.time_ns()
+    code = getattr(proc, "exitcode", None)
+    killed = bool(getattr(proc, "killed", False))
+    cause = getattr(proc, "_lk_probe_kill_cause", None)
+    attrs: dict[str, Any] = {"process.exit.code": code, "lk_probe.killed_by_worker": killed,
+                             "lk_probe.kill_cause": cause, "process.pid": getattr(proc, "pid", None)}
+    error_type = error_message = None
+    if code is not None and code < 0:
+        try:
+            signame = signal.Signals(-code).name
+        except ValueError:
+            signame = f"signal {-code}"
+        attrs["lk_probe.signal"] = -code
+        error_type = signame
+        error_message = f"job process killed by {signame}" + (f" ({cause})" if cause else "")
+    elif code:
+        error_type = "exit_code"
+        error_message = f"job process exited with code {code}"
+    outcome = "ok" if not error_type else ("killed" if (code or 0) < 0 else "failed")
+    attrs["lk_probe.outcome"] = outcome
+    jt.rec.end("job.process", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
+    _finish_job(jt, t, outcome=outcome, error_type=error_type, error_message=error_message,
+                attributes={k: v for k, v in attrs.items() if k != "lk_probe.outcome"})
+
+
+def _finish_job(jt: _JobTrace, t: int, *, outcome: str, error_type: str | None = None,
+                error_message: str | None = None, attributes: dict[str, Any] | None = None) -> None:
+    attrs = {"lk_probe.outcome": outcome, **(attributes or {})}
+    # anything still open under the job ends with it
+    for key, _, _ in jt.rec.open_phases():
+        if key != "job":
+            jt.rec.end(key, t=t, error_type=error_type or "incomplete", error_message=error_message)
+    jt.rec.end("job", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
+    _jobs.pop(jt.job_id, None)
+
+
+_KILL_CAUSES = (("pong", "unresponsive"), ("ping", "unresponsive"), ("memory", "memory_limit"),
+                ("initialize", "initialization_timeout"), ("aclose", "shutdown_timeout"),
+                ("close", "shutdown_timeout"), ("kill", "killed"))
+
+
+def _send_kill_signal(wrapped, instance, args, kwargs):
+    with guard("worker.kill_cause"):
+        frame = sys._getframe(1)
+        while frame is not None and ("wrapt" in frame.f_code.co_filename or "lk_probe" in frame.f_code.co_filename):
+            frame = frame.f_back
+        name = frame.f_code.co_name if frame is not None else ""
+        cause = next((c for k, c in _KILL_CAUSES if k in name), name or "unknown")
+        instance._lk_probe_kill_cause = cause
+    return wrapped(*args, **kwargs)
+
+
+def instrument() -> None:
+    cls = _server_class_path()
+    if cls is None:
+        from .._errors import warn_once
+
+        warn_once("no-server-class", "lk_probe: livekit.agents.worker has neither AgentServer nor Worker; the "
+                  "worker process is not traced")
+    else:
+        wrap(WORKER_MOD, f"{cls}._handle_availability", _handle_availability, feature="job receipt")
+        wrap(WORKER_MOD, f"{cls}._queue_msg", _queue_msg, feature="availability answers and worker status")
+        wrap(WORKER_MOD, f"{cls}._handle_assignment", _handle_assignment, feature="job assignment")
+    wrap(JOB_MOD, "JobRequest.__init__", _job_request_init, feature="the request handler")
+    wrap(JOB_MOD, "JobRequest.accept", _job_request_accept, feature="job accept")
+    wrap(JOB_MOD, "JobRequest.reject", _job_request_reject, feature="job reject")
+    wrap(POOL_MOD, "ProcPool.launch_job", _pool_launch_job, feature="process acquisition (warm/cold)")
+    wrap(EXEC_MOD, "ProcJobExecutor.launch_job", _exec_launch_job, feature="the hand-off to the process")
+    wrap(EXEC_MOD, "ProcJobExecutor._supervise_task", _exec_supervise, feature="job process exit")
+    wrap(SUP_MOD, "SupervisedProc._send_kill_signal", _send_kill_signal, feature="kill causes")
+
+
+def reset() -> None:
+    for jt in list(_jobs.values()):
+        jt.rec.close_all(error_type="uninstrumented")
+    _jobs.clear()
+    _last_status.clear()

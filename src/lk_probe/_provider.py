@@ -1,0 +1,151 @@
+"""Which TracerProvider lk_probe records into, created lazily (never at import: the module is fork-safe).
+
+Order: the provider passed to ``install()``; else the global SDK provider if one is set; else one built from the
+standard ``OTEL_*`` variables (OTLP over HTTP or gRPC, service name, resource attributes, sampler). A provider built
+here is made global when no global one exists (option ``set_global_provider``), so livekit-agents' own spans, which
+go through a proxy of the global provider, land in the same export.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from opentelemetry import trace
+
+from . import __version__
+from ._config import Options
+from ._errors import guard, warn_once
+from ._ids import install_forcing
+
+log = logging.getLogger("lk_probe")
+
+_lock = threading.RLock()
+_state: dict[str, Any] = {"explicit": None, "provider": None, "tracer": None, "built": False, "options": Options()}
+
+
+def configure(explicit_provider: Any, options: Options) -> None:
+    with _lock:
+        if explicit_provider is not None and explicit_provider is not _state["explicit"]:
+            _state.update(provider=None, tracer=None)
+        _state["explicit"] = explicit_provider
+        _state["options"] = options
+
+
+def reset() -> None:
+    with _lock:
+        _state.update(explicit=None, provider=None, tracer=None, built=False)
+
+
+def _is_sdk(provider: Any) -> bool:
+    return hasattr(provider, "add_span_processor") and hasattr(provider, "force_flush")
+
+
+def _build_from_env(options: Options):
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "livekit-agent"})
+    provider = TracerProvider(resource=resource)
+    exporters = [e.strip() for e in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if e.strip()]
+    for name in exporters:
+        if name == "none":
+            continue
+        if name == "console":
+            exporter = ConsoleSpanExporter()
+        elif name == "otlp":
+            exporter = _otlp_exporter()
+        else:
+            warn_once(f"exporter:{name}", "lk_probe: OTEL_TRACES_EXPORTER=%s is not supported by lk_probe's own "
+                      "provider (use otlp, console or none, or pass tracer_provider=)", name)
+            continue
+        if exporter is None:
+            continue
+        kw: dict[str, Any] = {}
+        if not os.environ.get("OTEL_BSP_SCHEDULE_DELAY"):
+            kw["schedule_delay_millis"] = options.schedule_delay_ms
+        provider.add_span_processor(BatchSpanProcessor(exporter, **kw))
+    return provider
+
+
+def _otlp_exporter():
+    proto = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+             or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
+    try:
+        if proto == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        elif proto in ("http/protobuf", "http"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        else:
+            warn_once(f"protocol:{proto}", "lk_probe: OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; use "
+                      "http/protobuf or grpc. No spans are exported.", proto)
+            return None
+    except ImportError as e:
+        warn_once("otlp-import", "lk_probe: the OTLP exporter for %s is not installed (%s); no spans are exported",
+                  proto, e)
+        return None
+    return OTLPSpanExporter()
+
+
+def provider():
+    """The provider lk_probe records into (created on first use)."""
+    with _lock:
+        if _state["provider"] is not None:
+            return _state["provider"]
+        options: Options = _state["options"]
+        chosen = _state["explicit"]
+        if chosen is None:
+            glob = trace.get_tracer_provider()
+            if _is_sdk(glob):
+                chosen = glob
+        if chosen is None:
+            with guard("provider.build"):
+                chosen = _build_from_env(options)
+                _state["built"] = True
+                if options.set_global_provider and not _is_sdk(trace.get_tracer_provider()):
+                    trace.set_tracer_provider(chosen)
+        if chosen is None:
+            chosen = trace.get_tracer_provider()
+        _state["provider"] = chosen
+        return chosen
+
+
+def tracer():
+    with _lock:
+        if _state["tracer"] is None:
+            t = provider().get_tracer("lk_probe", __version__)
+            install_forcing(t)
+            _state["tracer"] = t
+        return _state["tracer"]
+
+
+def sampled_root(trace_id: int, name: str = "job") -> bool:
+    """Would this provider sample a root span with this trace id? (So both processes decide alike.)"""
+    p = provider()
+    sampler = getattr(p, "sampler", None)
+    if sampler is None:
+        return True
+    try:
+        from opentelemetry.sdk.trace.sampling import Decision
+
+        root = getattr(sampler, "_root", sampler)  # ParentBased delegates roots to _root
+        res = root.should_sample(None, trace_id, name)
+        return res.decision == Decision.RECORD_AND_SAMPLE
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def flush(timeout_s: float | None = None) -> bool:
+    """Flush lk_probe's provider, bounded; True when everything was exported in time."""
+    p = _state["provider"]
+    if p is None or not hasattr(p, "force_flush"):
+        return True
+    t = timeout_s if timeout_s is not None else _state["options"].flush_timeout_s
+    try:
+        return bool(p.force_flush(int(t * 1000)))
+    except Exception as e:  # noqa: BLE001
+        warn_once("flush", "lk_probe: flushing spans failed: %r", e)
+        return False

@@ -1,0 +1,265 @@
+"""The production :class:`~lk_probe._sink.PhaseSink`: phases become OTel spans, read from the catalogue.
+
+A Recorder holds the open phase instances of one job (or one plain ``Room``). Each span gets ``lk_probe.phase``, the
+recorder's common attributes (job id, …), explicit start/end times, ERROR status with ``error.type`` on failure, and
+feeds the per-phase duration histogram and outcome counter. While a phase with a budget stays open, the watchdog
+thread exports a ``stall`` record (span + WARNING log) as soon as the budget is crossed, and again at 2×, 4×, 8×….
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from . import _catalogue, _provider
+from ._errors import guard, guarded
+
+log = logging.getLogger("lk_probe")
+
+_SECRETISH = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|(?<=[?&])[^\s\"'&#]*"
+                        r"|(?i:bearer)\s+\S+")
+
+
+def redact(value: str) -> str:
+    """Drop JWTs, bearer tokens and every URL query string from a string that leaves the process."""
+    if "eyJ" not in value and "?" not in value and "earer" not in value:
+        return value
+    out = _SECRETISH.sub("[redacted]", value)
+    return out.replace("?[redacted]", "")
+
+
+def clean_attributes(attrs: dict[str, Any] | None) -> dict[str, Any]:
+    if not attrs:
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        if v is None:
+            continue
+        if isinstance(v, str):
+            v = redact(v)
+        elif not isinstance(v, (bool, int, float)) and not (isinstance(v, (list, tuple))):
+            v = redact(str(v))
+        out[k] = v
+    return out
+
+
+@dataclass
+class _Open:
+    phase: str
+    span: Span
+    ctx: Any
+    start_ns: int
+    start_mono: float
+    budget: float | None
+    next_stall: float | None  # seconds since start at which the next stall record is due
+    stalls: int = 0
+
+
+_metrics_lock = threading.Lock()
+_instruments: dict[str, Any] = {}
+
+
+def _metrics():
+    with _metrics_lock:
+        if not _instruments:
+            from opentelemetry import metrics
+
+            meter = metrics.get_meter("lk_probe")
+            _instruments["duration"] = meter.create_histogram(
+                "lk_probe.phase.duration", unit="s", description="Duration of lk_probe phases")
+            _instruments["outcome"] = meter.create_counter(
+                "lk_probe.phase.outcome", description="Ended lk_probe phases by outcome")
+        return _instruments
+
+
+class Recorder:
+    MAX_OPEN = 256
+
+    def __init__(self, default_parent: Any = None, *, attributes: dict[str, Any] | None = None,
+                 label: str = "") -> None:
+        self._lock = threading.RLock()
+        self._open: dict[Hashable, _Open] = {}
+        self._default_parent = default_parent
+        self.attributes = clean_attributes(attributes)
+        self.label = label  # e.g. the job id, for stall log lines
+        _watchdog.add(self)
+
+    # ---------------------------------------------------------------- PhaseSink
+    @guarded("recorder.start")
+    def start(self, phase: str, key: Hashable, *, t: int | None = None, parent: Hashable | None = None,
+              attributes: dict[str, Any] | None = None) -> Span | None:
+        p = _catalogue.phase(phase)
+        t = t if t is not None else time.time_ns()
+        with self._lock:
+            if key in self._open or len(self._open) >= self.MAX_OPEN:
+                return None
+            ctx = self._open[parent].ctx if parent is not None and parent in self._open else self._default_parent
+            attrs = {"lk_probe.phase": phase, **self.attributes, **clean_attributes(attributes)}
+            span = _provider.tracer().start_span(phase, context=ctx, kind=p.kind, attributes=attrs, start_time=t)
+            budget = _catalogue.budget(phase)
+            lag = (time.time_ns() - t) / 1e9
+            self._open[key] = _Open(phase, span, trace.set_span_in_context(span), t, time.monotonic() - max(lag, 0),
+                                    budget, budget)
+            return span
+
+    @guarded("recorder.end")
+    def end(self, key: Hashable, *, t: int | None = None, error_type: str | None = None,
+            error_message: str | None = None, attributes: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            o = self._open.pop(key, None)
+        if o is None:
+            return
+        self._finish(o, t if t is not None else time.time_ns(), error_type, error_message, attributes)
+
+    @guarded("recorder.event")
+    def event(self, key: Hashable | None, name: str, *, t: int | None = None,
+              attributes: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            o = self._open.get(key) if key is not None else None
+            if o is None and self._open:
+                o = next(reversed(self._open.values()))
+        span = o.span if o is not None else trace.get_current_span(self._default_parent)
+        if span.is_recording():
+            span.add_event(name, clean_attributes(attributes), timestamp=t if t is not None else time.time_ns())
+
+    # ---------------------------------------------------------------- helpers
+    def set_default_parent(self, ctx: Any) -> None:
+        self._default_parent = ctx
+
+    @property
+    def default_parent(self) -> Any:
+        return self._default_parent
+
+    def context(self, key: Hashable) -> Any:
+        with self._lock:
+            o = self._open.get(key)
+        return o.ctx if o is not None else None
+
+    def span(self, key: Hashable) -> Span | None:
+        with self._lock:
+            o = self._open.get(key)
+        return o.span if o is not None else None
+
+    def is_open(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._open
+
+    def open_phases(self) -> list[tuple[Hashable, str, int]]:
+        with self._lock:
+            return [(k, o.phase, o.start_ns) for k, o in self._open.items()]
+
+    def set_attributes(self, key: Hashable, attributes: dict[str, Any]) -> None:
+        with guard("recorder.set_attributes"):
+            s = self.span(key)
+            if s is not None:
+                s.set_attributes(clean_attributes(attributes))
+
+    def close_all(self, *, t: int | None = None, error_type: str | None = None, error_message: str | None = None,
+                  attributes: dict[str, Any] | None = None) -> None:
+        """End every open phase, innermost first (job end, process death)."""
+        with self._lock:
+            items = list(self._open.items())
+            self._open.clear()
+        t = t if t is not None else time.time_ns()
+        for _, o in reversed(items):
+            with guard("recorder.close_all"):
+                self._finish(o, t, error_type, error_message, attributes)
+
+    def _finish(self, o: _Open, t: int, error_type: str | None, error_message: str | None,
+                attributes: dict[str, Any] | None) -> None:
+        span = o.span
+        outcome = "error" if error_type else "ok"
+        attrs = clean_attributes(attributes)
+        if error_type:
+            attrs["error.type"] = error_type
+        attrs.setdefault("lk_probe.outcome", outcome)
+        span.set_attributes(attrs)
+        if error_type:
+            span.set_status(Status(StatusCode.ERROR, redact(error_message or error_type)))
+        span.end(end_time=max(t, o.start_ns))
+        with guard("recorder.metrics"):
+            m = _metrics()
+            labels = {"lk_probe.phase": o.phase, "lk_probe.outcome": attrs["lk_probe.outcome"]}
+            m["duration"].record(max(t - o.start_ns, 0) / 1e9, labels)
+            m["outcome"].add(1, labels)
+
+    # ---------------------------------------------------------------- stalls
+    def _check_stalls(self, now_mono: float) -> list[tuple[_Open, float]]:
+        due = []
+        with self._lock:
+            for o in self._open.values():
+                if o.next_stall is None:
+                    continue
+                elapsed = now_mono - o.start_mono
+                if elapsed >= o.next_stall:
+                    o.stalls += 1
+                    o.next_stall = o.budget * (2 ** o.stalls) if o.budget else None
+                    due.append((o, elapsed))
+        return due
+
+
+def emit_stall(rec: Recorder, o: _Open, elapsed: float) -> None:
+    now = time.time_ns()
+    attrs = {"lk_probe.phase": "stall", **rec.attributes, "lk_probe.stall.phase": o.phase,
+             "lk_probe.stall.elapsed": round(elapsed, 3), "lk_probe.stall.budget": o.budget or 0.0,
+             "lk_probe.stall.count": o.stalls}
+    s = _provider.tracer().start_span("stall", context=o.ctx, attributes=attrs, start_time=now)
+    s.end(end_time=now)
+    log.warning("lk_probe: phase %s%s still open after %.1fs (budget %.1fs)", o.phase,
+                f" of job {rec.label}" if rec.label else "", elapsed, o.budget or 0.0)
+
+
+class _Watchdog:
+    """One daemon thread per process, started with the first Recorder (never at import)."""
+
+    INTERVAL = 0.05
+
+    def __init__(self) -> None:
+        self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = None
+        self.enabled = True
+
+    def add(self, rec: Recorder) -> None:
+        import os
+
+        with self._lock:
+            self._recorders.add(rec)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="lk_probe-watchdog", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.INTERVAL)
+            if not self.enabled:
+                continue
+            with guard("watchdog"):
+                with self._lock:
+                    recs = list(self._recorders)
+                emitted = False
+                now = time.monotonic()
+                for rec in recs:
+                    for o, elapsed in rec._check_stalls(now):
+                        emit_stall(rec, o, elapsed)
+                        emitted = True
+                if emitted:
+                    _provider.flush(1.0)
+
+
+_watchdog = _Watchdog()
+
+
+def current_context() -> Any:
+    return otel_context.get_current()

@@ -1,0 +1,64 @@
+"""The agent lk_probe's own end-to-end tests run: lk_probe.install() at the top, as the README says.
+
+Env: LKP_MARKERS (JSON-lines file for markers), LKP_AGENT_NAME, LKP_MODE (what the entrypoint does: "return",
+"connect", "connect_hold", "kill" = SIGKILL itself, "hold", "raise"), LKP_REQUEST ("accept" | "reject" | "slow"),
+LKP_LOAD / LKP_LOAD_THRESHOLD (worker load), LKP_IDLE (num_idle_processes), LKP_HOLD (seconds).
+"""
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import lk_probe
+
+lk_probe.install()
+
+from livekit.agents import JobContext, JobRequest, WorkerOptions, cli  # noqa: E402
+
+MODE = os.environ.get("LKP_MODE", "return")
+
+
+def mark(what: str, **data: object) -> None:
+    with open(os.environ["LKP_MARKERS"], "a") as f:
+        f.write(json.dumps({"what": what, "pid": os.getpid(), "t": time.time(), **data}) + "\n")
+
+
+async def request(req: JobRequest) -> None:
+    mark("request", job_id=req.job.id)
+    how = os.environ.get("LKP_REQUEST", "accept")
+    if how == "reject":
+        await req.reject()
+        return
+    if how == "slow":
+        await asyncio.sleep(float(os.environ.get("LKP_HOLD", "1")))
+    await req.accept()
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    mark("entrypoint", job_id=ctx.job.id)
+    if MODE in ("connect", "connect_hold"):
+        await ctx.connect()
+        mark("connected", job_id=ctx.job.id, sid=ctx.room.local_participant.sid)
+    if MODE == "kill":
+        mark("killing", job_id=ctx.job.id)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if MODE == "raise":
+        raise RuntimeError("entrypoint failed on purpose")
+    if MODE in ("hold", "connect_hold"):
+        await asyncio.sleep(float(os.environ.get("LKP_HOLD", "2")))
+    ctx.shutdown("done")
+
+
+if __name__ == "__main__":
+    cli.run_app(WorkerOptions(
+        entrypoint_fnc=entrypoint,
+        request_fnc=request,
+        agent_name=os.environ.get("LKP_AGENT_NAME", ""),
+        num_idle_processes=int(os.environ.get("LKP_IDLE", "1")),
+        load_fnc=lambda *_: float(os.environ.get("LKP_LOAD", "0.0")),
+        load_threshold=float(os.environ.get("LKP_LOAD_THRESHOLD", "0.7")),
+        port=0,
+        initialize_process_timeout=20.0,
+    ))
