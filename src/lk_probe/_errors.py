@@ -10,8 +10,7 @@ import functools
 import logging
 import os
 import threading
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 log = logging.getLogger("lk_probe")
 
@@ -24,6 +23,15 @@ _warned: set[str] = set()
 _lock = threading.Lock()
 
 
+class InjectedFault(RuntimeError):
+    """Raised inside lk_probe's guarded blocks when LK_PROBE_INJECT_FAULTS=1 (tests prove nothing escapes)."""
+
+
+def _inject() -> None:
+    if os.environ.get("LK_PROBE_INJECT_FAULTS") == "1":
+        raise InjectedFault("fault injected inside lk_probe")
+
+
 def strict() -> bool:
     return os.environ.get("LK_PROBE_STRICT", "").strip().lower() in ("1", "true", "yes")
 
@@ -32,22 +40,41 @@ def report(where: str, exc: BaseException) -> None:
     with _lock:
         first = where not in _seen
         _seen.add(where)
-        if strict():
+        if strict() and not isinstance(exc, InjectedFault):
             errors.append((where, exc))
-    if strict():
+    if strict() and not isinstance(exc, InjectedFault):
         log.error("%s in %s: %r", MARKER, where, exc, exc_info=exc)
     elif first:
         log.warning("%s in %s (lk_probe keeps going without this part; the agent is not affected): %r",
                     MARKER, where, exc, exc_info=exc)
 
 
-@contextmanager
-def guard(where: str) -> Iterator[None]:
-    """``with guard("worker.availability"): ...`` — lk_probe's own bookkeeping, never the user's call."""
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - that is the point
-        report(where, exc)
+class guard:
+    """``with guard("worker.availability"): ...`` — lk_probe's own bookkeeping, never the user's call.
+
+    An exception escaping the block is reported (once per site) and swallowed. With LK_PROBE_INJECT_FAULTS=1 every
+    block that completes raises an InjectedFault at its end instead, to prove that nothing escapes.
+    """
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
+        if typ is None:
+            try:
+                _inject()
+            except InjectedFault as e:
+                report(self.where, e)
+            return False
+        if issubclass(typ, Exception):
+            report(self.where, exc)
+            return True
+        return False  # KeyboardInterrupt, SystemExit, CancelledError: not ours to swallow
 
 
 def guarded(where: str, default: Any = None) -> Callable[[F], F]:
@@ -57,6 +84,7 @@ def guarded(where: str, default: Any = None) -> Callable[[F], F]:
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
             try:
+                _inject()
                 return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001
                 report(where, exc)

@@ -13,7 +13,8 @@ import time
 
 import lk_probe
 
-lk_probe.install()
+for _ in range(int(os.environ.get("LKP_INSTALL_TIMES", "1"))):
+    lk_probe.install()
 
 from livekit.agents import JobContext, JobRequest, WorkerOptions, cli  # noqa: E402
 

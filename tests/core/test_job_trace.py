@@ -1,0 +1,142 @@
+"""Issue 3, acceptance 1–3 and 5: one trace per job across the real worker and the real job process, the outcome of
+jobs that never run, process death, and guards — real livekit-agents worker + server double + real OTLP/HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from lk_probe._ids import root_span_id_for, trace_id_for
+
+pytestmark = pytest.mark.e2e
+
+WORKER_PHASES = ("job.availability", "job.request_handler", "job.assignment", "job.launch", "job.process")
+
+
+def test_one_trace_per_job_across_worker_and_job_process(probe):
+    probe.start_worker()
+    job_id = probe.dispatch(room="room-a")
+    root = probe.wait_span(job_id, "job", timeout=30)
+    entry = probe.wait_span(job_id, "job_entrypoint", timeout=10)  # livekit-agents' own span, from the job process
+    spans = probe.trace(job_id)
+
+    # one trace, ids derived from the job id; no duplicate spans
+    assert root.trace_id == format(trace_id_for(job_id), "032x")
+    assert root.parent_id is None
+    offered = probe.double.events.of_kind("job_offered", lambda e: e["job"] == job_id)[0]
+    assert root.span_id == format(root_span_id_for(job_id, root.attributes["lk_probe.job.server_sent_at"]), "016x")
+    spans.assert_no_duplicates()
+
+    # parentage: worker phases and the job process's spans (agents' job_entrypoint included) hang off the job span
+    for name in (*WORKER_PHASES, "process.prewarm"):
+        assert spans.phase(name).parent_id == root.span_id, name
+    assert spans.phase("job.handoff").parent_id == spans.phase("job.launch").span_id
+    assert entry.parent_id == root.span_id
+    assert entry.resource.get("service.name") == "probe-agent"
+
+    # attributes from the real job
+    a = root.attributes
+    assert a["lk.job_id"] == job_id
+    assert a["lk.dispatch_id"] == offered["dispatch"]
+    assert a["lk.room_sid"] == offered["room_sid"]
+    assert a["lk.pii.room_name"] == "room-a"
+    assert a["lk.agent_name"] == "probe"
+    assert a["lk.job.worker_id"] == offered["worker"]
+    assert a["lk_probe.job.resuming"] is False
+    assert a["lk_probe.outcome"] == "ok" and root.status_code != "ERROR"
+    assert spans.phase("job.launch").attributes["lk_probe.warm"] is True  # num_idle_processes=1: a warm process
+    assert spans.phase("job.process").attributes["process.exit.code"] == 0
+
+    # order and durations agree with the double's event log
+    spans.assert_order(*WORKER_PHASES)
+    ev = {k: probe.double.events.of_kind(k, lambda e: e.get("job") == job_id)[0]
+          for k in ("job_offered", "job_availability", "job_assigned")}
+    assert -0.05 < root.start - ev["job_offered"].t < 0.5  # received as the double sent it (event logged after send)
+    asg = spans.phase("job.assignment")
+    double_view = ev["job_assigned"].t - ev["job_availability"].t
+    assert abs(asg.duration - double_view) < 0.1, (asg.duration, double_view)
+    assert asg.start <= ev["job_availability"].t + 0.05
+    assert asg.end >= ev["job_assigned"].t - 0.05
+    assert root.start <= entry.start and entry.end <= root.end
+
+
+def test_rejected_job_leaves_a_complete_worker_trace(probe):
+    probe.start_worker(LKP_REQUEST="reject")
+    job_id = probe.dispatch(room="room-reject")
+    root = probe.wait_span(job_id, "job", timeout=20)
+    spans = probe.trace(job_id)
+    assert root.attributes["lk_probe.outcome"] == "rejected"
+    assert spans.phase("job.request_handler").attributes["lk_probe.outcome"] == "rejected"
+    av = spans.phase("job.availability")
+    assert av.attributes["lk_probe.available"] is False
+    assert not spans.named("job.assignment") and not spans.named("job.launch")
+    assert probe.double.events.of_kind("job_availability", lambda e: e["job"] == job_id and not e["available"])
+
+
+def test_assignment_that_never_comes_times_out_in_the_trace(probe):
+    probe.double.faults.add("assignment_never", count=None)
+    probe.start_worker()
+    job_id = probe.dispatch(room="room-noassign")
+    root = probe.wait_span(job_id, "job", timeout=30)
+    asg = probe.trace(job_id).phase("job.assignment")
+    assert root.status_code == "ERROR" and root.attributes["error.type"] == "assignment_timeout"
+    assert asg.status_code == "ERROR" and asg.attributes["error.type"] == "assignment_timeout"
+    assert 7.3 < asg.duration < 9.0, asg.duration  # livekit-agents' ASSIGNMENT_TIMEOUT is 7.5 s
+    assert not probe.double.events.of_kind("job_assigned", lambda e: e["job"] == job_id)
+
+
+def test_full_worker_auto_rejects_with_its_load_in_the_trace(probe):
+    import livekit.agents
+
+    if tuple(int(x) for x in livekit.agents.__version__.split(".")[:3]) < (1, 4, 2):
+        pytest.skip("the load gate in _answer_availability exists from livekit-agents 1.4.2")
+    # load 0.9 ≥ threshold 0.5: the worker's own gate answers available=False without a JobRequest
+    probe.start_worker(LKP_LOAD="0.9", LKP_LOAD_THRESHOLD="0.5")
+    job_id = probe.dispatch(room="room-full")
+    root = probe.wait_span(job_id, "job", timeout=20)
+    spans = probe.trace(job_id)
+    assert root.attributes["lk_probe.outcome"] == "rejected_unavailable"
+    assert spans.phase("job.availability").attributes["lk_probe.available"] is False
+    assert not spans.named("job.request_handler")  # the user's handler never ran
+    assert root.attributes["lk_probe.worker.load_threshold"] == pytest.approx(0.5)
+    assert probe.markers("request") == []
+
+
+def test_sigkilled_job_process_is_closed_by_the_worker_within_2s(probe):
+    probe.start_worker(LKP_MODE="kill")
+    job_id = probe.dispatch(room="room-kill")
+    proc = probe.wait_span(job_id, "job.process", timeout=30)
+    root = probe.wait_span(job_id, "job", timeout=5)
+    killed_at = probe.markers("killing")[0]["t"]
+    assert proc.status_code == "ERROR" and proc.attributes["error.type"] == "SIGKILL", proc.attributes
+    assert proc.attributes["lk_probe.signal"] == 9 and proc.attributes["process.exit.code"] == -9
+    assert root.status_code == "ERROR" and root.attributes["lk_probe.outcome"] == "killed"
+    assert root.received_ns / 1e9 - killed_at < 2.0
+    assert proc.end - killed_at < 1.0
+
+
+def test_install_three_times_gives_no_duplicate_spans(probe):
+    probe.start_worker(LKP_INSTALL_TIMES="3")
+    job_id = probe.dispatch(room="room-triple")
+    probe.wait_span(job_id, "job", timeout=30)
+    probe.wait_span(job_id, "job_entrypoint", timeout=10)
+    time.sleep(0.3)  # let any duplicate export that would follow arrive (there must be none)
+    spans = probe.trace(job_id)
+    spans.assert_no_duplicates()
+    for name in ("job", *WORKER_PHASES, "job.handoff", "process.prewarm", "job_entrypoint"):
+        assert len(spans.named(name)) == 1, name
+
+
+def test_faults_inside_every_hook_never_reach_the_agent(probe):
+    # every guarded block and guarded function of lk_probe raises at its start, in both processes
+    probe.start_worker(LK_PROBE_INJECT_FAULTS="1", LK_PROBE_STRICT="0")
+    job_id = probe.dispatch(room="room-faults")
+    probe.double.events.wait_for_sync("job_status", lambda e: e.get("job") == job_id and e.get("status") ==
+                                      "JS_SUCCESS", timeout=30)
+    assert [m["job_id"] for m in probe.markers("entrypoint")] == [job_id]
+    log = probe.worker_log()
+    assert log.count("lk_probe internal error") >= 5  # the injected faults did hit the hooks, in both processes ...
+    for failure in ("unhandled exception while running the job task", "job_request_fnc failed",
+                    "process exited with non-zero exit code", "failed to launch job"):
+        assert failure not in log  # ... and none reached livekit-agents
