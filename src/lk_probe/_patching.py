@@ -10,6 +10,9 @@ import wrapt
 
 from ._errors import warn_once
 
+# wrapt 2 moved the proxy base: FunctionWrapper derives from BaseObjectProxy, no longer from ObjectProxy
+PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
 _lock = threading.Lock()
 # (module name, "Class.attr" path) -> the object the attribute lives on
 _patched: dict[tuple[str, str], Any] = {}
@@ -57,7 +60,7 @@ def unwrap_all() -> None:
     for (module, path), owner in items:
         name = path.split(".")[-1]
         current = owner.__dict__.get(name)
-        if isinstance(current, wrapt.ObjectProxy) and hasattr(current, "__wrapped__"):
+        if isinstance(current, PROXY) and hasattr(current, "__wrapped__"):
             setattr(owner, name, current.__wrapped__)
 
 
@@ -71,4 +74,4 @@ def is_wrapped(module: str, path: str) -> bool:
     if found is None:
         return False
     owner, name, _ = found
-    return isinstance(owner.__dict__.get(name), wrapt.ObjectProxy)
+    return isinstance(owner.__dict__.get(name), PROXY)

@@ -1,0 +1,230 @@
+"""Issue 3, acceptance 4 and the API rules: install/uninstall are idempotent and fully reversible, options and
+OTEL_* variables are honoured, ids are derived from the job id, budgets export stall records while a phase is open."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import lk_probe
+from lk_probe import _catalogue, _config, _ids, _patching, _provider
+from lk_probe._recorder import Recorder, _watchdog, redact
+from lk_probe.spans import SpanSet
+
+
+@pytest.fixture
+def memory_provider():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    lk_probe.uninstall()
+    provider.shutdown()
+
+
+def _targets():
+    """Every (module, path) lk_probe patches on this version, resolved while installed."""
+    lk_probe.install(tracer_provider=TracerProvider())
+    targets = _patching.patched()
+    originals = {t: _patching.resolve(*t)[2].__wrapped__ for t in targets}
+    lk_probe.uninstall()
+    return targets, originals
+
+
+def test_install_three_times_uninstall_three_times_restores_every_target(memory_provider):
+    targets, originals = _targets()
+    assert len(targets) >= 15  # worker, job process and Room patch points all found on this version
+    provider, _ = memory_provider
+    for _ in range(3):
+        lk_probe.install(tracer_provider=provider)
+    assert lk_probe.installed()
+    for t in targets:
+        current = _patching.resolve(*t)[2]
+        assert isinstance(current, _patching.PROXY), t
+        assert not isinstance(current.__wrapped__, _patching.PROXY), f"{t} wrapped twice"
+    for _ in range(3):
+        lk_probe.uninstall()
+    assert not lk_probe.installed()
+    assert _patching.patched() == []
+    for t in targets:
+        owner, name, current = _patching.resolve(*t)
+        assert not isinstance(owner.__dict__.get(name), _patching.PROXY), f"{t} still wrapped"
+        assert current is originals[t], t
+
+
+def test_uninstall_before_install_is_harmless():
+    lk_probe.uninstall()
+    lk_probe.uninstall()
+    assert not lk_probe.installed()
+
+
+def test_unknown_option_is_a_clear_error():
+    with pytest.raises(TypeError, match="unknown option"):
+        lk_probe.install(no_such_option=True)
+    assert not lk_probe.installed()
+
+
+def test_otel_sdk_disabled_makes_install_a_no_op(monkeypatch):
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    lk_probe.install(tracer_provider=TracerProvider())
+    try:
+        assert _patching.patched() == []
+    finally:
+        lk_probe.uninstall()
+
+
+def test_otel_python_disabled_instrumentations_is_honoured(monkeypatch):
+    monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "redis,livekit")
+    lk_probe.install(tracer_provider=TracerProvider())
+    try:
+        assert _patching.patched() == []
+    finally:
+        lk_probe.uninstall()
+
+
+def test_malformed_env_option_is_ignored_with_one_warning(monkeypatch, caplog):
+    from lk_probe import _errors
+
+    _errors.reset_for_tests()
+    monkeypatch.setenv("LK_PROBE_SCHEDULE_DELAY_MS", "soon")
+    with caplog.at_level(logging.WARNING, logger="lk_probe"):
+        opts = _config.resolve()
+        _config.resolve()
+    assert opts.schedule_delay_ms == 500
+    assert sum("LK_PROBE_SCHEDULE_DELAY_MS" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_env_options_and_kwargs_precedence(monkeypatch):
+    monkeypatch.setenv("LK_PROBE_RTC", "false")
+    monkeypatch.setenv("LK_PROBE_FLUSH_TIMEOUT_S", "1.5")
+    assert _config.resolve().rtc is False
+    assert _config.resolve(rtc=True).rtc is True
+    assert _config.resolve().flush_timeout_s == 1.5
+
+
+def test_only_requested_parts_are_patched(memory_provider):
+    provider, _ = memory_provider
+    lk_probe.install(tracer_provider=provider, worker=False, job_process=False)
+    assert _patching.patched() == [("livekit.rtc.room", "Room.connect")]
+
+
+def test_ids_are_derived_from_the_job_id_only():
+    assert _ids.trace_id_for("AJ_1") == _ids.trace_id_for("AJ_1") != _ids.trace_id_for("AJ_2")
+    assert _ids.root_span_id_for("AJ_1", 5) != _ids.root_span_id_for("AJ_1", 6)  # one root per worker attempt
+    ctx = _ids.job_parent_context("AJ_1", 5)
+    sc = trace.get_current_span(ctx).get_span_context()
+    assert (sc.trace_id, sc.span_id, sc.is_remote) == (_ids.trace_id_for("AJ_1"), _ids.root_span_id_for("AJ_1", 5),
+                                                        True)
+
+
+def test_forced_ids_apply_only_to_lk_probe_spans(memory_provider):
+    provider, exporter = memory_provider
+    lk_probe.install(tracer_provider=provider)
+    rec = Recorder(None)
+    with _ids.forced_ids(_ids.trace_id_for("AJ_x"), _ids.root_span_id_for("AJ_x")):
+        rec.start("job", "job")
+    rec.end("job")
+    other = provider.get_tracer("someone-else").start_span("other")
+    other.end()
+    spans = SpanSet(exporter.get_finished_spans())
+    job = spans.phase("job")
+    assert job.trace_id == format(_ids.trace_id_for("AJ_x"), "032x")
+    assert job.span_id == format(_ids.root_span_id_for("AJ_x"), "016x")
+    assert spans.named("other")[0].trace_id != job.trace_id
+
+
+def test_budget_crossing_exports_a_stall_record_while_the_phase_is_open(memory_provider, monkeypatch, caplog):
+    provider, exporter = memory_provider
+    monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "0.2")
+    lk_probe.install(tracer_provider=provider)
+    rec = Recorder(None, attributes={"lk.job_id": "AJ_stall"}, label="AJ_stall")
+    with caplog.at_level(logging.WARNING, logger="lk_probe"):
+        rec.start("rtc.signal", "sig")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(SpanSet(exporter.get_finished_spans()).named("stall")) < 2:
+            time.sleep(0.02)
+        open_while_stalled = rec.is_open("sig")
+        rec.end("sig", error_type="timeout")
+    spans = SpanSet(exporter.get_finished_spans())
+    stalls = spans.named("stall")
+    sig = spans.phase("rtc.signal")
+    assert open_while_stalled
+    assert [s.attributes["lk_probe.stall.count"] for s in stalls[:2]] == [1, 2]  # at 1× and 2× the budget
+    assert all(s.parent_id == sig.span_id and s.attributes["lk_probe.stall.phase"] == "rtc.signal" for s in stalls)
+    first = stalls[0]
+    assert 0.2 <= first.attributes["lk_probe.stall.elapsed"] < 0.5
+    assert first.end < sig.end  # exported before the phase ended
+    assert any("rtc.signal of job AJ_stall still open" in r.getMessage() for r in caplog.records)
+
+
+def test_stall_records_can_be_switched_off(memory_provider, monkeypatch):
+    provider, exporter = memory_provider
+    monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "0.05")
+    lk_probe.install(tracer_provider=provider, stall_records=False)
+    try:
+        rec = Recorder(None)
+        rec.start("rtc.signal", "sig")
+        time.sleep(0.3)
+        rec.end("sig")
+        assert not SpanSet(exporter.get_finished_spans()).named("stall")
+    finally:
+        _watchdog.enabled = True
+
+
+def test_every_catalogue_phase_has_a_valid_parent_and_an_env_override():
+    for p in _catalogue.PHASES:
+        assert p.parent is None or p.parent in _catalogue.BY_NAME, p.name
+        assert p.env.startswith("LK_PROBE_BUDGET_")
+    with pytest.raises(KeyError, match="unknown lk_probe phase"):
+        _catalogue.phase("nope")
+
+
+def test_redaction_keeps_tokens_and_query_strings_out():
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlc2lnbmF0dXJl"
+    text = f"connecting to wss://x.livekit.cloud/rtc?access_token={jwt}&sdk=python Bearer {jwt}"
+    out = redact(text)
+    assert "eyJ" not in out and "access_token" not in out and "sdk=python" not in out
+    assert "wss://x.livekit.cloud/rtc" in out
+
+
+def test_provider_built_from_otel_env_exports_over_otlp_http(monkeypatch, otlp_receiver):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.http_endpoint)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "svc-from-env")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    monkeypatch.setenv("LK_PROBE_SET_GLOBAL_PROVIDER", "false")
+    lk_probe.install()
+    try:
+        rec = Recorder(None)
+        rec.start("rtc.connect", "c")
+        rec.end("c")
+        got = otlp_receiver.wait_for_phase("rtc.connect", timeout=5)
+        assert got.resource["service.name"] == "svc-from-env"
+        assert got.resource["deployment.environment"] == "test"
+        assert got.kind == "CLIENT"
+        assert lk_probe.flush(2.0)
+    finally:
+        lk_probe.uninstall()
+        _provider.reset()
+
+
+def test_grpc_protocol_from_env(monkeypatch, otlp_receiver):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.grpc_endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    monkeypatch.setenv("LK_PROBE_SET_GLOBAL_PROVIDER", "false")
+    lk_probe.install()
+    try:
+        rec = Recorder(None)
+        rec.start("job.assignment", "a")
+        rec.end("a", error_type="assignment_timeout")
+        got = otlp_receiver.wait_for_phase("job.assignment", timeout=5)
+        assert got.status_code == "ERROR" and got.attributes["error.type"] == "assignment_timeout"
+    finally:
+        lk_probe.uninstall()
+        _provider.reset()
