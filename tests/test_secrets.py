@@ -8,7 +8,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from lk_probe.spans import SpanEvent, SpanLink, SpanRecord, SpanSet
 from lk_probe.testing.secrets import assert_no_secrets, find_secrets
 
-JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZ2VudCIsInZpZGVvIjp7fX0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+# built at run time so that no JWT-looking literal is committed
+JWT = ".".join(("eyJhbGciOiJIUzI1NiJ9", "eyJzdWIiOiJhZ2VudCIsInZpZGVvIjp7fX0", "c2lnbmF0dXJlLXNpZ25hdHVyZQ"))
 API_SECRET = "s3cr3t-api-secret-value"
 
 

@@ -99,12 +99,14 @@ PHASES: tuple[Phase, ...] = (
     Phase("rtc.attempt", "rtc.connect", _I, RTC,
           "One engine connect attempt (i of n): signal, join and peer connections.",
           "Rust records 'failed to connect: …, retrying... (i/n)'",
-          ("lk_probe.attempt", "lk_probe.attempts_max", "error.type", "lk_probe.outcome"),
+          ("lk_probe.attempt", "lk_probe.attempts_max", "error.type", "lk_probe.outcome",
+           "lk_probe.error.reported_type"),
           budget=5.0),
     Phase("rtc.signal", "rtc.attempt", _C, RTC,
           "The signal WebSocket connect on one path (v1, then v0 after a 404).",
           "Rust records 'connecting to' → 'signal connection successful|failed'",
-          ("server.address", "server.port", "lk_probe.signal.path", "error.type"), budget=2.0),
+          ("server.address", "server.port", "lk_probe.signal.path", "error.type",
+           "lk_probe.signal.region_fallback", "lk_probe.inferred", "lk_probe.inferred_from"), budget=2.0),
     Phase("rtc.validate", "rtc.attempt", _C, RTC,
           "GET …/validate after a failed signal connect (never logged; inferred).",
           "inferred from the records around it",
@@ -117,11 +119,12 @@ PHASES: tuple[Phase, ...] = (
           "Waiting for the JoinResponse after the signal socket opened.",
           "Rust record 'received JoinResponse'",
           ("lk_probe.server.region", "lk_probe.server.node_id", "lk_probe.server.version",
-           "lk_probe.server.protocol", "lk_probe.subscriber_primary"), budget=2.0),
+           "lk_probe.server.protocol", "lk_probe.subscriber_primary", "lk_probe.join.response",
+           "lk_probe.inferred", "lk_probe.inferred_from", "error.type"), budget=2.0),
     Phase("rtc.pc", "rtc.attempt", _I, RTC,
           "One peer connection (publisher or subscriber) reaching 'connected': ICE + DTLS.",
           "Rust records 'connection change, Connecting|Connected|Failed X'",
-          ("lk_probe.pc", "error.type"), budget=5.0),
+          ("lk_probe.pc", "error.type", "lk_probe.inferred", "lk_probe.inferred_from"), budget=5.0),
     Phase("rtc.callback", "rtc.connect", _I, RTC,
           "From the engine being connected to the connect callback reaching Python.",
           "connection setup / PC connected record → ConnectCallback",
@@ -131,14 +134,15 @@ PHASES: tuple[Phase, ...] = (
           "A reconnect episode: from the session close to recovered, gave up or disconnected.",
           "'received session close' → 'RtcEngine successfully recovered' | 'failed to reconnect'",
           ("lk_probe.reconnect.source", "lk_probe.reconnect.reason", "lk_probe.reconnect.action",
-           "lk_probe.outcome"), budget=10.0),
+           "lk_probe.outcome", "lk_probe.disconnect_reason", "lk_probe.inferred", "lk_probe.inferred_from"),
+          budget=10.0),
     Phase("rtc.reconnect.attempt", "rtc.reconnect", _I, RTC,
           "One resume or full-reconnect (restart) attempt.",
           "'resuming|restarting connection... attempt: N' → next attempt | recovered | failed",
-          ("lk_probe.attempt", "lk_probe.reconnect.mode", "error.type"), budget=10.0),
+          ("lk_probe.attempt", "lk_probe.reconnect.mode", "error.type", "lk_probe.outcome"), budget=10.0),
     Phase("rtc.reconnect.backoff", "rtc.reconnect", _I, RTC,
           "The wait between two reconnect attempts.",
-          "gap between attempt records", (), budget=None),
+          "gap between attempt records", ("lk_probe.retry_now",), budget=None),
     # ---- the end -------------------------------------------------------------------------------
     Phase("stall", None, _I, JOB,
           "A stall record: an open phase crossed its budget (exported while the phase is still open).",
@@ -167,3 +171,15 @@ def budget(name: str) -> float | None:
         except ValueError:
             pass
     return p.budget
+
+
+def markdown_table() -> str:
+    """The README's phase table (a test keeps the README equal to this)."""
+    rows = ["| phase | parent | process | kind | budget | what it measures | where it comes from |",
+            "|---|---|---|---|---|---|---|"]
+    for p in PHASES:
+        owner = " *(livekit-agents' own span)*" if p.owner != "lk_probe" else ""
+        budget = f"{p.budget:g} s" if p.budget else "–"
+        rows.append(f"| `{p.name}`{owner} | {f'`{p.parent}`' if p.parent else '–'} | {p.process} | "
+                    f"{p.kind.name} | {budget} | {p.description} | {p.source} |")
+    return "\n".join(rows)

@@ -89,3 +89,12 @@ def disabled_by_otel_instrumentations() -> bool:
     raw = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
     names = {n.strip() for n in raw.split(",")}
     return bool(names & {"livekit", "lk_probe", "lk-probe"})
+
+
+def markdown_table() -> str:
+    """The README's option table (a test keeps the README equal to this)."""
+    rows = ["| option | environment variable | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Options):
+        env, doc = DOCS[f.name]
+        rows.append(f"| `{f.name}` | `{env}` | `{f.default!r}` | {doc} |")
+    return "\n".join(rows)

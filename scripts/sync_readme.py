@@ -1,0 +1,24 @@
+#!/usr/bin/env python3
+"""Regenerate the README's generated sections (phase table, option table) from the code."""
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from lk_probe import _catalogue, _config  # noqa: E402
+
+
+def main() -> None:
+    path = ROOT / "README.md"
+    text = path.read_text()
+    for tag, body in (("phases", _catalogue.markdown_table()), ("options", _config.markdown_table())):
+        text = re.sub(rf"(<!-- {tag}:begin -->\n).*?(<!-- {tag}:end -->)", lambda m: m.group(1) + body + "\n" +
+                      m.group(2), text, flags=re.S)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
