@@ -96,20 +96,25 @@ class Recorder:
     # ---------------------------------------------------------------- PhaseSink
     @guarded("recorder.start")
     def start(self, phase: str, key: Hashable, *, t: int | None = None, parent: Hashable | None = None,
-              attributes: dict[str, Any] | None = None) -> Span | None:
+              attributes: dict[str, Any] | None = None, context: Any = None) -> Span | None:
         p = _catalogue.phase(phase)
         t = t if t is not None else time.time_ns()
         with self._lock:
             if key in self._open or len(self._open) >= self.MAX_OPEN:
                 return None
-            ctx = self._open[parent].ctx if parent is not None and parent in self._open else self._default_parent
+            if context is not None:
+                ctx = context
+            elif parent is not None and parent in self._open:
+                ctx = self._open[parent].ctx
+            else:
+                ctx = self._default_parent
             attrs = {"lk_probe.phase": phase, **self.attributes, **clean_attributes(attributes)}
             span = _provider.tracer().start_span(phase, context=ctx, kind=p.kind, attributes=attrs, start_time=t)
             budget = _catalogue.budget(phase)
             lag = (time.time_ns() - t) / 1e9
             self._open[key] = _Open(phase, span, trace.set_span_in_context(span), t, time.monotonic() - max(lag, 0),
                                     budget, budget)
-            return span
+        return span
 
     @guarded("recorder.end")
     def end(self, key: Hashable, *, t: int | None = None, error_type: str | None = None,

@@ -21,7 +21,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from .. import _provider
+from .. import _journal, _provider
 from .._errors import guard
 from .._ids import job_parent_context, trace_id_for
 from .._patching import wrap
@@ -99,6 +99,9 @@ def _start_job(wrapped, instance, args, kwargs):
         job = msg.running_job.job
         sampled = _provider.sampled_root(trace_id_for(job.id))
         ctx = job_parent_context(job.id, job.state.started_at, sampled=sampled)
+        with guard("job.journal_open"):
+            _journal.attach(_provider.provider())
+            _journal.active = _journal.Journal(_journal.path_for(job.id, os.getpid()))
         rec = Recorder(ctx, attributes={"lk.job_id": job.id}, label=job.id)
         _state["job_rec"] = rec
         pre = _state.get("prewarm")
@@ -123,6 +126,10 @@ async def _run_job_task(wrapped, instance, args, kwargs):
             rec = _state.get("job_rec")
             if rec is not None:
                 rec.close_all(error_type="incomplete", error_message="still open when the job ended")
+            j, _journal.active = _journal.active, None
+            if j is not None:
+                j.close()
+                _journal.remove(j.path)
             await asyncio.get_running_loop().run_in_executor(None, _provider.flush, None)
 
 
@@ -153,7 +160,9 @@ async def _ctx_connect(wrapped, instance, args, kwargs):
                 info = getattr(instance, "_info", None)
                 attrs = _server_attrs(getattr(info, "url", "") or "")
                 if rec is not None:
-                    own_span = rec.start("job.connect", "job.connect", attributes=attrs)
+                    # under whatever is current: the entrypoint span when the user's entrypoint connects
+                    own_span = rec.start("job.connect", "job.connect", attributes=attrs,
+                                         context=otel_context.get_current())
                 else:
                     own_span = _provider.tracer().start_span("job.connect", attributes={
                         "lk_probe.phase": "job.connect", **attrs})

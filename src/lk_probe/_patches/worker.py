@@ -16,7 +16,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
-from .. import _provider
+from .. import _journal, _provider
 from .._errors import guard
 from .._ids import forced_ids, root_span_id_for, trace_id_for
 from .._patching import wrap
@@ -320,6 +320,12 @@ def _on_process_end(jt: _JobTrace, proc: Any) -> None:
         error_message = f"job process exited with code {code}"
     outcome = "ok" if not error_type else ("killed" if (code or 0) < 0 else "failed")
     attrs["lk_probe.outcome"] = outcome
+    pid = getattr(proc, "pid", None)
+    if pid is not None:
+        path = _journal.path_for(jt.job_id, pid)
+        if error_type:  # phases the dead process left open: exported with their own ids, marked incomplete
+            attrs["lk_probe.incomplete_phases"] = _journal.export_open(path, t_death=t, cause=error_type)
+        _journal.remove(path)
     jt.rec.end("job.process", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
     _finish_job(jt, t, outcome=outcome, error_type=error_type, error_message=error_message,
                 attributes={k: v for k, v in attrs.items() if k != "lk_probe.outcome"})

@@ -1,0 +1,161 @@
+"""Crash survival: the job process appends every phase start and end to a small file that survives SIGKILL.
+
+A span is exported only when it ends, and a process killed with -9 ends nothing. So the job process writes one JSON
+line per phase start (with the span's trace id, span id and parent span id) and per end, through an ``O_APPEND``
+descriptor with no user-space buffer: once ``os.write`` returns, the line is in the kernel and survives the process.
+When the worker sees the process die, it reads the file and exports the phases that were still open as spans with
+their original ids, ending at the time of death, ERROR, ``lk_probe.incomplete=true``: the resume that was hanging
+when the process was killed appears in the job's trace where it belongs. The file is removed at every process end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+
+MAX_BYTES = 1 << 20  # a journal never grows past 1 MiB (phases, not records, are journaled)
+
+
+def directory() -> str:
+    return os.environ.get("LK_PROBE_JOURNAL_DIR") or os.path.join(tempfile.gettempdir(), "lk_probe")
+
+
+def path_for(job_id: str, pid: int) -> str:
+    safe = "".join(c for c in job_id if c.isalnum() or c in "_-")[:64] or "job"
+    return os.path.join(directory(), f"{safe}.{pid}.jsonl")
+
+
+class Journal:
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        data = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
+        with self._lock:
+            if self._fd < 0 or self._size + len(data) > MAX_BYTES:
+                return
+            os.write(self._fd, data)
+            self._size += len(data)
+
+    def started(self, span: Any) -> None:
+        sc = span.get_span_context()
+        if not sc.is_valid:
+            return
+        parent = getattr(span, "parent", None)
+        attrs = {k: v for k, v in (span.attributes or {}).items() if isinstance(v, (str, bool, int, float))}
+        self._write({"op": "s", "p": span.name, "tid": format(sc.trace_id, "032x"), "sid": format(sc.span_id, "016x"),
+                     "psid": format(parent.span_id, "016x") if parent is not None and parent.is_valid else None,
+                     "sampled": bool(sc.trace_flags.sampled), "t": span.start_time, "a": attrs})
+
+    def ended(self, span: Any) -> None:
+        sc = span.get_span_context()
+        if sc.is_valid:
+            self._write({"op": "e", "sid": format(sc.span_id, "016x")})
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+# the journal of the job running in this process; None outside a job
+active: Journal | None = None
+
+
+class JournalProcessor:
+    """A SpanProcessor that journals every span of the provider (lk_probe's and livekit-agents') while a job runs."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        j = active
+        if j is not None:
+            try:
+                j.started(span)
+            except Exception:  # noqa: BLE001 - never disturb the span pipeline
+                pass
+
+    def on_end(self, span: Any) -> None:
+        j = active
+        if j is not None:
+            try:
+                j.ended(span)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+_attached: set[int] = set()
+
+
+def attach(provider: Any) -> None:
+    """Add the journal processor to an SDK provider once (it is inert outside a job)."""
+    if id(provider) in _attached or not hasattr(provider, "add_span_processor"):
+        return
+    provider.add_span_processor(JournalProcessor())
+    _attached.add(id(provider))
+
+
+def read_open(path: str) -> list[dict[str, Any]]:
+    """The phases started and never ended, in start order; a torn last line (the kill hit a write) is ignored."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    started: dict[str, dict[str, Any]] = {}
+    for raw in lines:
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            continue
+        if row.get("op") == "s" and "sid" in row:
+            started[row["sid"]] = row
+        elif row.get("op") == "e":
+            started.pop(row.get("sid"), None)
+    return list(started.values())
+
+
+def remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def export_open(path: str, *, t_death: int, cause: str) -> int:
+    """Export the phases still open in ``path`` as incomplete ERROR spans with their original ids; return how many."""
+    from . import _provider
+    from ._ids import forced_ids
+
+    rows = read_open(path)
+    tracer = _provider.tracer()
+    for row in rows:
+        tid, sid = int(row["tid"], 16), int(row["sid"], 16)
+        flags = TraceFlags(TraceFlags.SAMPLED if row.get("sampled", True) else TraceFlags.DEFAULT)
+        parent = None
+        if row.get("psid"):
+            parent = trace.set_span_in_context(NonRecordingSpan(
+                SpanContext(tid, int(row["psid"], 16), is_remote=True, trace_flags=flags)))
+        attrs = {k: v for k, v in (row.get("a") or {}).items() if isinstance(v, (str, bool, int, float))}
+        attrs.update({"lk_probe.phase": row["p"], "lk_probe.incomplete": True, "lk_probe.outcome": "incomplete",
+                      "error.type": "process_died"})
+        with forced_ids(tid, sid):
+            span = tracer.start_span(row["p"], context=parent, attributes=attrs, start_time=int(row["t"]))
+        span.set_status(Status(StatusCode.ERROR, f"the job process died ({cause}) while this phase was open"))
+        span.end(end_time=max(t_death, int(row["t"])))
+    return len(rows)

@@ -1,0 +1,64 @@
+"""Issue 5, crash survival: phases open when the job process is SIGKILLed reach the backend, with their own span ids,
+marked incomplete, inside the job's trace — real worker, real Rust SDK, server double, real OTLP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from lk_probe import _journal
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_journal(path: str, phase: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Path(path).exists():
+            rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+            if any(r.get("op") == "s" and r.get("p") == phase for r in rows):
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"{phase} never started in {path}")
+
+
+def test_sigkill_during_a_hanging_signal_connect_exports_the_open_phases(probe):
+    probe.double.faults.add("signal_upgrade_hang", count=None)  # the signal WebSocket upgrade never completes
+    probe.start_worker(LKP_MODE="connect")
+    job_id = probe.dispatch(room="room-crash")
+    probe.double.events.wait_for_sync("job_assigned", lambda e: e["job"] == job_id, timeout=15)
+    deadline = time.monotonic() + 15
+    while not probe.markers("entrypoint") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pid = probe.markers("entrypoint")[0]["pid"]
+    path = _journal.path_for(job_id, pid)
+    _wait_journal(path, "rtc.signal")
+
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    sig = probe.wait_span(job_id, "rtc.signal", timeout=10, predicate=lambda s: s.attributes.get("lk_probe.incomplete"))
+    root = probe.wait_span(job_id, "job", timeout=5)
+    spans = probe.trace(job_id)
+
+    assert sig.received_ns / 1e9 - killed < 2.0
+    assert sig.status_code == "ERROR" and sig.attributes["error.type"] == "process_died"
+    assert sig.attributes["lk_probe.signal.path"] in ("v0", "v1")
+    assert abs(sig.end - killed) < 1.0
+    # the tree up to the job span is whole: attempt → connect span (ours or agents' room_connect) → ... → job
+    attempt = spans.parent(sig)
+    assert attempt.name == "rtc.attempt" and attempt.attributes["lk_probe.incomplete"] is True
+    chain, node = [], attempt
+    while node is not None and node.span_id != root.span_id:
+        chain.append(node.name)
+        node = spans.parent(node)
+    assert node is not None, f"broken parent chain: {chain}"
+    assert {"job_entrypoint"} <= set(chain)
+    assert root.attributes["lk_probe.incomplete_phases"] >= 3
+    assert spans.phase("job.process").attributes["lk_probe.signal"] == 9
+    assert not Path(path).exists()  # the worker removed the journal
+    spans.assert_no_duplicates()
