@@ -36,7 +36,7 @@ def configure(explicit_provider: Any, options: Options) -> None:
 
 def reset() -> None:
     with _lock:
-        _state.update(explicit=None, provider=None, tracer=None, built=False)
+        _state.update(explicit=None, provider=None, tracer=None, built=False, health=[])
 
 
 def _is_sdk(provider: Any) -> bool:
@@ -71,6 +71,46 @@ def _build_from_env(options: Options):
     return provider
 
 
+class HealthExporter:
+    """Wraps the exporter lk_probe builds: remembers whether exports succeed, and says so once when they fail.
+
+    Export runs in the batch processor's thread, never on the event loop; while the exporter is failing, lk_probe's
+    own flushes (job end, stall records) shrink to a short bound, so a down or black-holed collector never slows the
+    agent. The batch queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE), so memory is too.
+    """
+
+    def __init__(self, inner: Any, label: str) -> None:
+        self.inner = inner
+        self.label = label
+        self.healthy = True
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        try:
+            result = self.inner.export(spans)
+        except Exception as e:  # noqa: BLE001 - an exporter bug must not kill the batch thread
+            result, err = SpanExportResult.FAILURE, repr(e)
+        else:
+            err = "the collector did not accept the export"
+        ok = result == SpanExportResult.SUCCESS
+        if not ok:
+            warn_once(f"exporter-down:{self.label}", "lk_probe: exporting spans to %s fails (%s); spans are dropped "
+                      "until it recovers, the agent is not slowed", self.label, err)
+        self.healthy = ok
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(getattr(self.inner, "force_flush", lambda *_: True)(timeout_millis))
+
+
+def exporters_healthy() -> bool:
+    return all(e.healthy for e in _state.get("health", ()))
+
+
 def _otlp_exporter():
     proto = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
              or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
@@ -87,7 +127,11 @@ def _otlp_exporter():
         warn_once("otlp-import", "lk_probe: the OTLP exporter for %s is not installed (%s); no spans are exported",
                   proto, e)
         return None
-    return OTLPSpanExporter()
+    exporter = OTLPSpanExporter()
+    label = getattr(exporter, "_endpoint", None) or proto
+    wrapped = HealthExporter(exporter, str(label))
+    _state.setdefault("health", []).append(wrapped)
+    return wrapped
 
 
 def provider():
@@ -139,13 +183,24 @@ def sampled_root(trace_id: int, name: str = "job") -> bool:
 
 
 def flush(timeout_s: float | None = None) -> bool:
-    """Flush lk_probe's provider, bounded; True when everything was exported in time."""
+    """Flush lk_probe's provider; returns within the bound whatever the exporter does (True: all exported)."""
     p = _state["provider"]
     if p is None or not hasattr(p, "force_flush"):
         return True
     t = timeout_s if timeout_s is not None else _state["options"].flush_timeout_s
-    try:
-        return bool(p.force_flush(int(t * 1000)))
-    except Exception as e:  # noqa: BLE001
-        warn_once("flush", "lk_probe: flushing spans failed: %r", e)
-        return False
+    if not exporters_healthy():
+        t = min(t, 0.2)  # the collector is down: don't make the agent wait for it
+    result: list[bool] = []
+
+    def run() -> None:
+        try:
+            result.append(bool(p.force_flush(int(t * 1000))))
+        except Exception as e:  # noqa: BLE001
+            warn_once("flush", "lk_probe: flushing spans failed: %r", e)
+            result.append(False)
+
+    # the SDK's force_flush can overrun its timeout while an export is stuck on a black-holed collector
+    th = threading.Thread(target=run, name="lk_probe-flush", daemon=True)
+    th.start()
+    th.join(t + 0.05)
+    return bool(result and result[0])

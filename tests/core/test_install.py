@@ -209,8 +209,11 @@ def test_provider_built_from_otel_env_exports_over_otlp_http(monkeypatch, otlp_r
         assert got.kind == "CLIENT"
         assert lk_probe.flush(2.0)
     finally:
+        p = _provider._state.get("provider")
         lk_probe.uninstall()
         _provider.reset()
+        if p is not None:
+            p.shutdown()
 
 
 def test_grpc_protocol_from_env(monkeypatch, otlp_receiver):
@@ -226,5 +229,8 @@ def test_grpc_protocol_from_env(monkeypatch, otlp_receiver):
         got = otlp_receiver.wait_for_phase("job.assignment", timeout=5)
         assert got.status_code == "ERROR" and got.attributes["error.type"] == "assignment_timeout"
     finally:
+        p = _provider._state.get("provider")
         lk_probe.uninstall()
         _provider.reset()
+        if p is not None:
+            p.shutdown()

@@ -1,0 +1,98 @@
+"""Issue 5, export path: phases reach a real OTLP receiver within about a second; a collector that refuses or
+black-holes connections never blocks the caller, gives one warning, and makes lk_probe's flushes short."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+
+import lk_probe
+from lk_probe import _provider
+from lk_probe._recorder import Recorder
+
+
+@pytest.fixture
+def built_provider(monkeypatch):
+    monkeypatch.setenv("LK_PROBE_SET_GLOBAL_PROVIDER", "false")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    yield
+    p = _provider._state.get("provider")
+    lk_probe.uninstall()
+    _provider.reset()
+    if p is not None and hasattr(p, "shutdown"):
+        p.shutdown()
+
+
+def test_ended_phases_arrive_within_about_a_second_without_a_flush(built_provider, monkeypatch, otlp_receiver):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.http_endpoint)
+    lk_probe.install()
+    rec = Recorder(None)
+    lags = []
+    for i in range(3):
+        rec.start("rtc.join", ("j", i))
+        rec.end(("j", i))
+        ended = time.time()
+        got = otlp_receiver.wait_for(lambda s, i=i: s.name == "rtc.join" and len(otlp_receiver.spans()) > i,
+                                     timeout=5)
+        lags.append(got.received_ns / 1e9 - ended)
+    assert max(lags) < 1.5, lags  # 500 ms batch delay + export, far below the SDK's 5 s default
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("mode", ["refused", "black-holed"])
+def test_a_dead_collector_never_blocks_and_warns_once(built_provider, monkeypatch, caplog, mode):
+    hole = None
+    if mode == "refused":
+        port = _closed_port()
+    else:  # accepts connections (kernel backlog) and never answers
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        port = hole.getsockname()[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    from lk_probe import _errors
+
+    _errors.reset_for_tests()
+    try:
+        with caplog.at_level(logging.WARNING, logger="lk_probe"):
+            lk_probe.install()
+            rec = Recorder(None)
+            worst = 0.0
+            deadline = time.monotonic() + 20
+            i = 0
+            while time.monotonic() < deadline and _provider.exporters_healthy():
+                t0 = time.perf_counter()
+                rec.start("rtc.signal", i)
+                rec.end(i)
+                worst = max(worst, time.perf_counter() - t0)
+                i += 1
+                time.sleep(0.05)
+            assert not _provider.exporters_healthy(), "the dead collector was never noticed"
+            for j in range(200):  # keep recording while it is down
+                t0 = time.perf_counter()
+                rec.start("rtc.signal", ("more", j))
+                rec.end(("more", j))
+                worst = max(worst, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            lk_probe.flush()
+            flush_took = time.perf_counter() - t0
+        warnings = [r for r in caplog.records if f"exporting spans to http://127.0.0.1:{port}/" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert str(port) in warnings[0].getMessage()
+        assert worst < 0.05, worst  # recording never waits for the network (a blocking export would take ≥ 1 s)
+        assert flush_took < 0.6, flush_took  # flushes are cut short while the collector is down
+    finally:
+        if hole is not None:
+            hole.close()
