@@ -73,8 +73,17 @@ class Journal:
 active: Journal | None = None
 
 
-class JournalProcessor:
-    """A SpanProcessor that journals every span of the provider (lk_probe's and livekit-agents') while a job runs."""
+def _processor_base() -> type:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    return SpanProcessor
+
+
+class JournalProcessor(_processor_base()):  # type: ignore[misc]
+    """A SpanProcessor that journals every span of the provider (lk_probe's and livekit-agents') while a job runs.
+
+    It subclasses the SDK's SpanProcessor so that hooks newer SDKs add (``_on_ending`` in 1.45) keep working.
+    """
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         j = active

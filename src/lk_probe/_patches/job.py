@@ -75,10 +75,18 @@ def _child_init(original: Any, options: dict[str, Any], proc: Any) -> Any:
             import lk_probe
 
             lk_probe.install(**options)
+            _warm_up()
     try:
         return original(proc)
     finally:
         _state["prewarm"] = (t0, time.time_ns(), os.getpid())
+
+
+def _warm_up() -> None:
+    """Build the provider and import what a job needs now, during prewarm, not on the job's critical path."""
+    _provider.tracer()
+    _journal.attach(_provider.provider())
+    from .._rust import machine  # noqa: F401  (imported by the first Room.connect otherwise)
 
 
 def _pool_init(wrapped, instance, args, kwargs):
@@ -223,8 +231,18 @@ def _agents_start_span(wrapped, instance, args, kwargs):
     return span
 
 
+def _forkserver_preload(wrapped, instance, args, kwargs):
+    with guard("job.forkserver_preload"):
+        names = list(args[0] if args else kwargs.get("module_names", []))
+        if "lk_probe._preload" not in names:
+            names.append("lk_probe._preload")
+            return wrapped(names)
+    return wrapped(*args, **kwargs)
+
+
 def instrument(options: dict[str, Any]) -> None:
     _state["options"] = options
+    wrap("multiprocessing.context", "BaseContext.set_forkserver_preload", _forkserver_preload, required=False)
     wrap(POOL_MOD, "ProcPool.__init__", _pool_init, feature="lk_probe in job processes")
     wrap(LAZY_MOD, "_JobProc._start_job", _start_job, feature="one trace per job")
     wrap(LAZY_MOD, "_JobProc._run_job_task", _run_job_task, feature="the flush at job end")

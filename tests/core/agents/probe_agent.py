@@ -13,7 +13,7 @@ import time
 
 import lk_probe
 
-for _ in range(int(os.environ.get("LKP_INSTALL_TIMES", "1"))):
+for _ in range(int(os.environ.get("LKP_INSTALL_TIMES", "1"))):  # LKP_INSTALL_TIMES=0: a bare agent (benchmarks)
     lk_probe.install()
 
 from livekit.agents import JobContext, JobRequest, WorkerOptions, cli  # noqa: E402
@@ -41,7 +41,7 @@ async def entrypoint(ctx: JobContext) -> None:
     mark("entrypoint", job_id=ctx.job.id)
     if MODE in ("connect", "connect_hold"):
         await ctx.connect()
-        mark("connected", job_id=ctx.job.id, sid=ctx.room.local_participant.sid)
+        mark("connected", job_id=ctx.job.id, sid=ctx.room.local_participant.sid, cpu=time.process_time())
     if MODE == "kill":
         mark("killing", job_id=ctx.job.id)
         os.kill(os.getpid(), signal.SIGKILL)
