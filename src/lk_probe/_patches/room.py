@@ -176,7 +176,9 @@ def instrument() -> None:
         except ImportError as e:
             warn_once("no-bridge", "lk_probe: the Rust record bridge is unavailable (%s)", e)
             return
-        bridge.install(active_machine)
+        from .. import _provider
+
+        bridge.install(active_machine, capture_debug=_provider._state["options"].capture_rust_debug)
 
 
 def uninstrument() -> None:

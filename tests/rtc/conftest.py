@@ -1,0 +1,85 @@
+"""Helpers for the engine-phase tests: a real livekit.rtc.Room against the double, spans captured by capspans."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import pytest
+
+
+def rtc_version() -> tuple[int, ...]:
+    from livekit.rtc import __version__
+
+    return tuple(int(x) for x in __version__.split(".")[:3])
+
+
+V112 = rtc_version() < (1, 1, 3)  # 0-based attempts, v0 by default, no `disconnected` after giving up
+
+
+async def wait_spans(capspans: Any, pred: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+    """Poll the captured spans until ``pred(spans)`` is truthy; return the SpanSet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = capspans.spans
+        if pred(spans):
+            return spans
+        if time.monotonic() > deadline:
+            raise TimeoutError("spans never matched; have:\n" + spans.summary())
+        await asyncio.sleep(0.05)
+
+
+async def signal(double: Any, op: str, *args: Any, **kw: Any) -> Any:
+    """Run a SignalService action (send_leave, abort_signal, lose_node) on the double's loop without blocking ours."""
+    return await asyncio.to_thread(double.call, getattr(double.signal, op), *args, **kw)
+
+
+class RoomEvents:
+    def __init__(self, room: Any) -> None:
+        self.seen: list[tuple[str, float]] = []
+        self._changed = asyncio.Event()
+        for name in ("reconnecting", "reconnected", "disconnected"):
+            room.on(name, lambda *a, n=name: self._add(n))
+
+    def _add(self, name: str) -> None:
+        self.seen.append((name, time.time()))
+        self._changed.set()
+
+    async def wait(self, name: str, timeout: float = 60.0) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            for n, t in self.seen:
+                if n == name:
+                    return t
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {name!r} room event; saw {self.seen}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+
+@pytest.fixture
+async def connected(lk_double, capspans):
+    """Factory: connect a Room as ``identity``; disconnects every room at teardown."""
+    from livekit import rtc
+
+    rooms = []
+
+    async def connect(identity: str = "agent-1", room: str = "phases", **options: Any):
+        r = rtc.Room()
+        events = RoomEvents(r)
+        rooms.append(r)
+        opts = rtc.RoomOptions(**options) if options else rtc.RoomOptions()
+        await r.connect(lk_double.url, lk_double.token(identity, room), options=opts)
+        return r, events
+
+    yield connect
+    for r in rooms:
+        try:
+            await asyncio.wait_for(r.disconnect(), 10)
+        except Exception:  # noqa: BLE001 - teardown of a room a fault already closed
+            pass

@@ -1,0 +1,100 @@
+"""Issue 4, acceptance 1: the phases inside Room.connect, from the real Rust SDK against the double, per fault."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from lk_probe.testing.secrets import find_secrets
+
+from .conftest import V112, wait_spans
+
+pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e]
+
+
+async def test_clean_connect_has_every_phase_in_order(lk_double, capspans, connected):
+    await connected("alice")
+    # Rust records reach Python a few ms after the connect callback: wait for the phases, don't race them
+    spans = await wait_spans(capspans, lambda s: s.named("rtc.pc") and s.named("rtc.callback"), timeout=5)
+    connect = spans.phase("rtc.connect")
+    attempt = spans.phase("rtc.attempt")
+    sig, join, pc = spans.phase("rtc.signal"), spans.phase("rtc.join"), spans.phases("rtc.pc")[0]
+    assert not connect.error and attempt.parent_id == connect.span_id
+    for child in (sig, join, pc):
+        assert child.parent_id == attempt.span_id, child.name
+    spans.assert_order("rtc.signal", "rtc.join", "rtc.pc", "rtc.callback")
+    assert spans.phase("rtc.callback").parent_id == connect.span_id
+    assert attempt.attributes["lk_probe.attempt"] == 1
+    u = urlsplit(lk_double.url)
+    assert sig.attributes["server.address"] == u.hostname and sig.attributes["server.port"] == u.port
+    assert sig.attributes["lk_probe.signal.path"] == ("v0" if V112 else "v1")
+    assert pc.attributes["lk_probe.pc"] == ("subscriber" if V112 else "publisher")
+    assert join.attributes["lk_probe.server.region"] == lk_double.region
+    assert connect.start <= sig.start and pc.end <= connect.end
+    assert find_secrets(spans, extra=[lk_double.api_secret]) == []
+
+
+async def test_signal_upgrade_delayed_8s_once_fails_attempt_1_then_connects(lk_double, capspans, connected):
+    lk_double.faults.add("signal_upgrade_delay", delay=8.0, count=1)
+    t0 = time.monotonic()
+    await connected("bob")
+    took = time.monotonic() - t0
+    spans = await wait_spans(capspans, lambda s: len(s.named("rtc.attempt")) == 2 and s.named("rtc.callback"), 5)
+    a1, a2 = spans.phases("rtc.attempt")
+    s1 = [s for s in spans.children(a1) if s.name == "rtc.signal"][0]
+    assert a1.error and a1.attributes["error.type"] == "timeout"
+    assert s1.error and s1.attributes["error.type"] == "timeout"
+    assert 4.7 < s1.duration < 5.6, s1.duration  # the SDK's 5 s signal connect timeout
+    assert not a2.error and a2.attributes["lk_probe.attempt"] == 2
+    validate = spans.phase("rtc.validate")
+    assert validate.parent_id == a1.span_id and validate.attributes["lk_probe.inferred"] is True
+    assert validate.start >= s1.end - 0.01
+    assert not spans.phase("rtc.connect").error  # a later attempt succeeded
+    assert 5.0 < took < 8.0
+    fired = lk_double.events.of_kind("fault_fired", lambda e: e["name"] == "signal_upgrade_delay")
+    assert len(fired) == 1 and abs(fired[0].t - s1.start) < 0.5
+
+
+async def test_v1_answered_404_falls_back_to_v0_in_the_same_attempt(lk_double, capspans, connected):
+    lk_double.faults.add("signal_upgrade_status", status=404, path="v1", count=None)
+    await connected("carol", single_peer_connection=True)
+    spans = await wait_spans(capspans, lambda s: len(s.named("rtc.signal")) == 2 and s.named("rtc.callback"), 5)
+    attempt = spans.phase("rtc.attempt")
+    v1, v0 = spans.phases("rtc.signal")
+    assert (v1.attributes["lk_probe.signal.path"], v0.attributes["lk_probe.signal.path"]) == ("v1", "v0")
+    assert v1.error and v1.attributes["error.type"] == "http_404"
+    assert not v0.error and v0.parent_id == attempt.span_id == v1.parent_id
+    assert not attempt.error
+    assert lk_double.events.of_kind("signal_rejected", lambda e: e["status"] == 404)
+
+
+async def test_join_response_delayed_3s_shows_as_a_3s_join(lk_double, capspans, connected):
+    lk_double.faults.add("join_response_delay", delay=3.0, count=1)
+    await connected("dave")
+    join = (await wait_spans(capspans, lambda s: s.named("rtc.join"), 5)).phase("rtc.join")
+    assert 2.9 < join.duration < 3.6, join.duration
+    assert not join.error
+
+
+@pytest.mark.slow
+async def test_ice_that_never_completes_fails_every_attempt_on_the_pc(lk_double, capspans):
+    from livekit import rtc
+
+    lk_double.faults.add("ice_never", count=None)
+    room = rtc.Room()
+    with pytest.raises(Exception) as err:
+        await asyncio.wait_for(room.connect(lk_double.url, lk_double.token("erin", "ice")), 90)
+    await room.disconnect()
+    spans = await wait_spans(capspans, lambda s: s.named("rtc.connect") and s.phase("rtc.connect").end)
+    connect = spans.phase("rtc.connect")
+    attempts = spans.phases("rtc.attempt")
+    assert len(attempts) == 4 and all(a.error for a in attempts)
+    for a in attempts:
+        pcs = [s for s in spans.children(a) if s.name == "rtc.pc"]
+        assert pcs and pcs[0].error and pcs[0].attributes["error.type"] == "pc_timeout"
+        assert 14.0 < pcs[0].duration < 16.5, pcs[0].duration  # the SDK's 15 s PC connect limit
+    assert connect.error and connect.attributes["error.type"] in ("timeout", "pc_timeout")
+    assert "wait_pc_connection timed out" in str(err.value)

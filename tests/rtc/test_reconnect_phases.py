@@ -1,0 +1,95 @@
+"""Issue 5, acceptance 1–2: reconnect episodes from the real Rust SDK against the double's faults."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import V112, signal, wait_spans
+
+pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e]
+
+
+def _episode_done(spans):
+    return [e for e in spans.named("rtc.reconnect") if e.end]
+
+
+def _attempts(spans, episode):
+    return sorted((s for s in spans.children(episode) if s.name == "rtc.reconnect.attempt"), key=lambda s: s.start)
+
+
+async def test_leave_resume_is_an_episode_recovered_by_resume(lk_double, capspans, connected):
+    room, events = await connected("agent-r")
+    sid = room.local_participant.sid
+    await signal(lk_double, "send_leave", "agent-r", action="RESUME", reason="MIGRATION")
+    await events.wait("reconnected", 30)
+    spans = await wait_spans(capspans, _episode_done)
+    ep = _episode_done(spans)[0]
+    assert not ep.error and ep.attributes["lk_probe.outcome"] == "recovered"
+    assert ep.attributes["lk_probe.reconnect.action"].lower() == "resume"
+    assert ep.attributes["lk_probe.reconnect.reason"].lower() == "migration"
+    (attempt,) = _attempts(spans, ep)
+    assert attempt.attributes["lk_probe.reconnect.mode"] == "resume" and not attempt.error
+    assert room.local_participant.sid == sid
+    leave = lk_double.events.of_kind("leave_sent", lambda e: e["identity"] == "agent-r")[0]
+    assert abs(ep.start - leave.t) < 0.5
+
+
+async def test_refused_resume_then_full_reconnect(lk_double, capspans, connected):
+    room, events = await connected("agent-s")
+    lk_double.faults.add("refuse_resume", identity="agent-s", count=1)
+    await signal(lk_double, "send_leave", "agent-s", action="RESUME")
+    await events.wait("reconnected", 30)
+    spans = await wait_spans(capspans, _episode_done)
+    ep = _episode_done(spans)[0]
+    attempts = _attempts(spans, ep)
+    assert [a.attributes["lk_probe.reconnect.mode"] for a in attempts] == ["resume", "restart"]
+    assert attempts[0].error and not attempts[1].error
+    assert ep.attributes["lk_probe.outcome"] == "recovered"
+
+
+async def test_dropped_pongs_start_an_episode_caused_by_ping_timeout(lk_double, capspans, connected):
+    lk_double.signal.ping_interval, lk_double.signal.ping_timeout = 1, 3
+    room, events = await connected("agent-p")
+    lk_double.faults.add("drop_pongs", identity="agent-p", count=1)
+    await events.wait("reconnected", 40)
+    spans = await wait_spans(capspans, _episode_done)
+    ep = _episode_done(spans)[0]
+    assert "ping timeout" in ep.attributes["lk_probe.reconnect.source"]
+    assert ep.attributes["lk_probe.outcome"] == "recovered"
+
+
+async def test_leave_disconnect_ends_as_disconnected(lk_double, capspans, connected):
+    room, events = await connected("agent-d")
+    await signal(lk_double, "send_leave", "agent-d", action="DISCONNECT", reason="SERVER_SHUTDOWN")
+    await events.wait("disconnected", 30)
+    spans = await wait_spans(capspans, _episode_done)
+    ep = _episode_done(spans)[0]
+    assert ep.attributes["lk_probe.outcome"] == "disconnected"
+    assert ep.attributes["lk_probe.reconnect.reason"].lower() == "server_shutdown"
+    assert ep.attributes["lk_probe.reconnect.action"].lower() == "disconnect"
+    assert not _attempts(spans, ep)  # the engine does not try to reconnect
+
+
+async def test_node_loss_is_a_resume_then_a_rejoin(lk_double, capspans, connected):
+    room, events = await connected("agent-n")
+    await signal(lk_double, "lose_node", "agent-n")
+    await events.wait("reconnected", 40)
+    spans = await wait_spans(capspans, _episode_done)
+    ep = _episode_done(spans)[0]
+    modes = [a.attributes["lk_probe.reconnect.mode"] for a in _attempts(spans, ep)]
+    assert modes[0] == "resume" and modes[-1] == "restart"
+    assert ep.attributes["lk_probe.outcome"] == "recovered"
+
+
+@pytest.mark.slow
+async def test_a_resume_that_never_succeeds_is_an_error_episode_with_every_attempt(lk_double, capspans, connected):
+    room, events = await connected("agent-x")
+    lk_double.faults.add("refuse_resume", identity="agent-x", count=None)
+    lk_double.faults.add("refuse_rejoin", identity="agent-x", count=None)
+    await signal(lk_double, "send_leave", "agent-x", action="RESUME")
+    spans = await wait_spans(capspans, _episode_done, timeout=120)
+    ep = _episode_done(spans)[0]
+    attempts = _attempts(spans, ep)
+    assert ep.error and ep.attributes["lk_probe.outcome"] in ("gave_up", "failed")
+    assert len(attempts) == 10 and all(a.error for a in attempts)
+    assert attempts[0].attributes["lk_probe.attempt"] == (0 if V112 else 1)
