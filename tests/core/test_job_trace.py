@@ -128,15 +128,41 @@ def test_install_three_times_gives_no_duplicate_spans(probe):
         assert len(spans.named(name)) == 1, name
 
 
-def test_faults_inside_every_hook_never_reach_the_agent(probe):
-    # every guarded block and guarded function of lk_probe raises at its start, in both processes
-    probe.start_worker(LK_PROBE_INJECT_FAULTS="1", LK_PROBE_STRICT="0")
+@pytest.mark.parametrize("mode", ["return", pytest.param("connect", marks=pytest.mark.lk_netns)])
+def test_faults_inside_every_hook_never_reach_the_agent(probe, mode):
+    # every guarded block raises at its end and every guarded function at its start, in both processes
+    probe.start_worker(LK_PROBE_INJECT_FAULTS="1", LK_PROBE_STRICT="0", LKP_MODE=mode)
     job_id = probe.dispatch(room="room-faults")
     probe.double.events.wait_for_sync("job_status", lambda e: e.get("job") == job_id and e.get("status") ==
-                                      "JS_SUCCESS", timeout=30)
+                                      "JS_SUCCESS", timeout=60)
     assert [m["job_id"] for m in probe.markers("entrypoint")] == [job_id]
+    if mode == "connect":
+        assert [m["job_id"] for m in probe.markers("connected")] == [job_id]  # the job still connects
     log = probe.worker_log()
     assert log.count("lk_probe internal error") >= 5  # the injected faults did hit the hooks, in both processes ...
     for failure in ("unhandled exception while running the job task", "job_request_fnc failed",
                     "process exited with non-zero exit code", "failed to launch job"):
         assert failure not in log  # ... and none reached livekit-agents
+
+
+@pytest.mark.lk_netns
+def test_ctx_connect_phases_nest_in_the_job_trace(probe):
+    import livekit.agents
+
+    probe.start_worker(LKP_MODE="connect")
+    job_id = probe.dispatch(room="room-connect")
+    probe.wait_span(job_id, "job", timeout=60)
+    spans = probe.trace(job_id)
+    root = spans.phase("job")
+    entry = spans.phase("job_entrypoint")
+    agents_has_room_connect = tuple(int(x) for x in livekit.agents.__version__.split(".")[:3]) >= (1, 8, 2)
+    connect = spans.phase("room_connect" if agents_has_room_connect else "job.connect")
+    assert not spans.named("rtc.connect")  # never a second connect span inside a job
+    assert connect.parent_id == entry.span_id and entry.parent_id == root.span_id
+    attempt = spans.phase("rtc.attempt")
+    assert attempt.parent_id == connect.span_id and not attempt.error
+    spans.assert_parent("rtc.signal", "rtc.attempt")
+    assert all(s.attributes.get("lk.job_id") == job_id for s in spans if s.name.startswith("rtc."))
+    assert connect.start <= attempt.start and attempt.end <= connect.end + 0.05
+    connected = probe.markers("connected")[0]
+    assert connected["sid"].startswith("PA_")
