@@ -14,21 +14,8 @@ from lk_probe import _provider
 from lk_probe._recorder import Recorder
 
 
-@pytest.fixture
-def built_provider(monkeypatch):
-    monkeypatch.setenv("LK_PROBE_SET_GLOBAL_PROVIDER", "false")
-    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
-    yield
-    p = _provider._state.get("provider")
-    lk_probe.uninstall()
-    _provider.reset()
-    if p is not None and hasattr(p, "shutdown"):
-        p.shutdown()
-
-
-def test_ended_phases_arrive_within_about_a_second_without_a_flush(built_provider, monkeypatch, otlp_receiver):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.http_endpoint)
-    lk_probe.install()
+def test_ended_phases_arrive_within_about_a_second_without_a_flush(install_from_env, otlp_receiver):
+    install_from_env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=otlp_receiver.http_endpoint)
     rec = Recorder(None)
     lags = []
     for i in range(3):
@@ -50,7 +37,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("mode", ["refused", "black-holed"])
-def test_a_dead_collector_never_blocks_and_warns_once(built_provider, monkeypatch, caplog, mode):
+def test_a_dead_collector_never_blocks_and_warns_once(install_from_env, caplog, mode):
     hole = None
     if mode == "refused":
         port = _closed_port()
@@ -59,15 +46,13 @@ def test_a_dead_collector_never_blocks_and_warns_once(built_provider, monkeypatc
         hole.bind(("127.0.0.1", 0))
         hole.listen(64)
         port = hole.getsockname()[1]
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}/v1/traces")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
     from lk_probe import _errors
 
     _errors.reset_for_tests()
     try:
         with caplog.at_level(logging.WARNING, logger="lk_probe"):
-            lk_probe.install()
+            install_from_env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{port}/v1/traces",
+                             OTEL_EXPORTER_OTLP_TIMEOUT="1", OTEL_BSP_SCHEDULE_DELAY="50")
             rec = Recorder(None)
             worst = 0.0
             deadline = time.monotonic() + 20

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import lk_probe
-from lk_probe import _catalogue, _config, _ids, _patching, _provider
+from lk_probe import _catalogue, _config, _ids, _patching
 from lk_probe._recorder import Recorder, _watchdog, redact
 from lk_probe.spans import SpanSet
 
@@ -70,17 +70,11 @@ def test_unknown_option_is_a_clear_error():
     assert not lk_probe.installed()
 
 
-def test_otel_sdk_disabled_makes_install_a_no_op(monkeypatch):
-    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    lk_probe.install(tracer_provider=TracerProvider())
-    try:
-        assert _patching.patched() == []
-    finally:
-        lk_probe.uninstall()
-
-
-def test_otel_python_disabled_instrumentations_is_honoured(monkeypatch):
-    monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "redis,livekit")
+@pytest.mark.parametrize("var,value", [("OTEL_SDK_DISABLED", "true"),
+                                       ("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "redis,livekit"),
+                                       ("LK_PROBE_ENABLED", "false")])
+def test_disabling_variables_make_install_a_no_op(monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
     lk_probe.install(tracer_provider=TracerProvider())
     try:
         assert _patching.patched() == []
@@ -193,44 +187,24 @@ def test_redaction_keeps_tokens_and_query_strings_out():
     assert "wss://x.livekit.cloud/rtc" in out
 
 
-def test_provider_built_from_otel_env_exports_over_otlp_http(monkeypatch, otlp_receiver):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.http_endpoint)
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "svc-from-env")
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
-    monkeypatch.setenv("LK_PROBE_SET_GLOBAL_PROVIDER", "false")
-    lk_probe.install()
-    try:
-        rec = Recorder(None)
-        rec.start("rtc.connect", "c")
-        rec.end("c")
-        got = otlp_receiver.wait_for_phase("rtc.connect", timeout=5)
-        assert got.resource["service.name"] == "svc-from-env"
-        assert got.resource["deployment.environment"] == "test"
-        assert got.kind == "CLIENT"
-        assert lk_probe.flush(2.0)
-    finally:
-        p = _provider._state.get("provider")
-        lk_probe.uninstall()
-        _provider.reset()
-        if p is not None:
-            p.shutdown()
+def test_provider_built_from_otel_env_exports_over_otlp_http(install_from_env, otlp_receiver):
+    install_from_env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=otlp_receiver.http_endpoint, OTEL_SERVICE_NAME="svc-from-env",
+                     OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test")
+    rec = Recorder(None)
+    rec.start("rtc.connect", "c")
+    rec.end("c")
+    got = otlp_receiver.wait_for_phase("rtc.connect", timeout=5)
+    assert got.resource["service.name"] == "svc-from-env"
+    assert got.resource["deployment.environment"] == "test"
+    assert got.kind == "CLIENT"
+    assert lk_probe.flush(2.0)
 
 
-def test_grpc_protocol_from_env(monkeypatch, otlp_receiver):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.grpc_endpoint)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-    monkeypatch.setenv("LK_PROBE_SET_GLOBAL_PROVIDER", "false")
-    lk_probe.install()
-    try:
-        rec = Recorder(None)
-        rec.start("job.assignment", "a")
-        rec.end("a", error_type="assignment_timeout")
-        got = otlp_receiver.wait_for_phase("job.assignment", timeout=5)
-        assert got.status_code == "ERROR" and got.attributes["error.type"] == "assignment_timeout"
-    finally:
-        p = _provider._state.get("provider")
-        lk_probe.uninstall()
-        _provider.reset()
-        if p is not None:
-            p.shutdown()
+def test_grpc_protocol_from_env(install_from_env, otlp_receiver):
+    install_from_env(OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=otlp_receiver.grpc_endpoint,
+                     OTEL_EXPORTER_OTLP_INSECURE="true")
+    rec = Recorder(None)
+    rec.start("job.assignment", "a")
+    rec.end("a", error_type="assignment_timeout")
+    got = otlp_receiver.wait_for_phase("job.assignment", timeout=5)
+    assert got.status_code == "ERROR" and got.attributes["error.type"] == "assignment_timeout"

@@ -8,30 +8,16 @@ import time
 
 import pytest
 
-import lk_probe
-from lk_probe import _provider
 
 pytestmark = pytest.mark.rtc
 
 
-@pytest.fixture
-def probe_from_env(monkeypatch, otlp_receiver):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.http_endpoint)
-    monkeypatch.setenv("LK_PROBE_SET_GLOBAL_PROVIDER", "false")
-    monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "1.0")
-    monkeypatch.setenv("LK_PROBE_STRICT", "1")
-    lk_probe.install()
-    yield otlp_receiver
-    p = _provider._state.get("provider")
-    lk_probe.uninstall()
-    if p is not None:
-        p.shutdown()
-
-
-async def test_stall_record_arrives_while_the_connect_is_still_pending(lk_double, probe_from_env):
+async def test_stall_record_arrives_while_the_connect_is_still_pending(lk_double, install_from_env, otlp_receiver):
     from livekit import rtc
 
-    rx = probe_from_env
+    install_from_env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=otlp_receiver.http_endpoint, LK_PROBE_BUDGET_RTC_SIGNAL="1.0",
+                     LK_PROBE_STRICT="1")
+    rx = otlp_receiver
     lk_double.faults.add("signal_upgrade_hang", count=None)
     room = rtc.Room()
     connect = asyncio.create_task(room.connect(lk_double.url, lk_double.token("stuck", "stall-room")))
