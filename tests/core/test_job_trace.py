@@ -166,3 +166,15 @@ def test_ctx_connect_phases_nest_in_the_job_trace(probe):
     assert connect.start <= attempt.start and attempt.end <= connect.end + 0.05
     connected = probe.markers("connected")[0]
     assert connected["sid"].startswith("PA_")
+
+
+def test_job_process_is_traced_even_when_it_never_calls_install(probe):
+    # install() runs only in the worker (under __main__); lk_probe reaches the job process through the pickled
+    # initialize_process_fnc, so prewarm and the job's trace context are there all the same
+    probe.start_worker(LKP_INSTALL_IN_MAIN="1")
+    job_id = probe.dispatch(room="room-main-only")
+    root = probe.wait_span(job_id, "job", timeout=30)
+    entry = probe.wait_span(job_id, "job_entrypoint", timeout=10)
+    pre = probe.wait_span(job_id, "process.prewarm", timeout=10)
+    assert entry.parent_id == root.span_id and pre.parent_id == root.span_id
+    assert pre.attributes["process.pid"] == probe.markers("entrypoint")[0]["pid"]

@@ -13,8 +13,11 @@ import time
 
 import lk_probe
 
-for _ in range(int(os.environ.get("LKP_INSTALL_TIMES", "1"))):  # LKP_INSTALL_TIMES=0: a bare agent (benchmarks)
-    lk_probe.install()
+# LKP_INSTALL_TIMES=0: a bare agent (benchmarks); LKP_INSTALL_IN_MAIN=1: install() only under __main__, so the
+# job processes, which re-import this file as __mp_main__, never call it themselves
+if os.environ.get("LKP_INSTALL_IN_MAIN") != "1":
+    for _ in range(int(os.environ.get("LKP_INSTALL_TIMES", "1"))):
+        lk_probe.install()
 
 from livekit.agents import JobContext, JobRequest, WorkerOptions, cli  # noqa: E402
 
@@ -53,6 +56,8 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("LKP_INSTALL_IN_MAIN") == "1":
+        lk_probe.install()
     cli.run_app(WorkerOptions(
         entrypoint_fnc=entrypoint,
         request_fnc=request,
