@@ -148,18 +148,22 @@ class Faults:
         with self._lock:
             self._faults.clear()
 
-    def peek(self, name: str, identity: str | None = None) -> Fault | None:
+    def peek(self, name: str, identity: str | None = None, *,
+             where: Callable[[Fault], bool] | None = None) -> Fault | None:
         with self._lock:
             for f in self._faults:
-                if f.matches(name, identity):
+                if f.matches(name, identity) and (where is None or where(f)):
                     return f
         return None
 
-    def take(self, name: str, identity: str | None = None) -> Fault | None:
-        """Consume one firing of the first matching fault and return it (None if nothing matches)."""
+    def take(self, name: str, identity: str | None = None, *,
+             where: Callable[[Fault], bool] | None = None) -> Fault | None:
+        """Consume one firing of the first matching fault and return it (None if nothing matches).
+
+        ``where`` narrows the match on the fault's params (e.g. a fault limited to one signal path)."""
         with self._lock:
             for f in self._faults:
-                if f.matches(name, identity):
+                if f.matches(name, identity) and (where is None or where(f)):
                     f.fired += 1
                     break
             else:
