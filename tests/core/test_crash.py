@@ -62,3 +62,34 @@ def test_sigkill_during_a_hanging_signal_connect_exports_the_open_phases(probe):
     assert spans.phase("job.process").attributes["lk_probe.signal"] == 9
     assert not Path(path).exists()  # the worker removed the journal
     spans.assert_no_duplicates()
+
+
+@pytest.mark.lk_netns
+def test_sigkill_during_a_resume_episode_exports_the_episode_and_its_open_attempt(probe):
+    probe.start_worker(LKP_MODE="connect_hold", LKP_HOLD="120")
+    job_id = probe.dispatch(room="room-resume-kill")
+    deadline = time.monotonic() + 30
+    while not probe.markers("connected") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = probe.markers("connected")[0]["pid"]
+    identity = probe.double.events.of_kind("job_assigned", lambda e: e["job"] == job_id)[0]["identity"]
+    # the migration of the report: the server asks for a resume, and no resume or rejoin ever succeeds
+    probe.double.faults.add("refuse_resume", identity=identity, count=None)
+    probe.double.faults.add("refuse_rejoin", identity=identity, count=None)
+    probe.double.call(probe.double.signal.send_leave, identity, action="RESUME", reason="MIGRATION")
+    path = _journal.path_for(job_id, pid)
+    _wait_journal(path, "rtc.reconnect.attempt")
+
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    ep = probe.wait_span(job_id, "rtc.reconnect", timeout=10)
+    root = probe.wait_span(job_id, "job", timeout=5)
+    spans = probe.trace(job_id)
+    assert ep.received_ns / 1e9 - killed < 2.0
+    assert ep.attributes["lk_probe.incomplete"] is True and ep.status_code == "ERROR"
+    assert ep.attributes["lk_probe.reconnect.reason"].lower() == "migration"
+    assert ep.parent_id == root.span_id  # the episode belongs to the job, not to the (finished) connect
+    open_attempts = [s for s in spans.children(ep) if s.name == "rtc.reconnect.attempt"
+                     and s.attributes.get("lk_probe.incomplete")]
+    assert open_attempts, spans.summary()
+    assert root.attributes["lk_probe.outcome"] == "killed"

@@ -1,0 +1,8 @@
+"""The Rust engine bridge: Rust log records + FFI room events → phases of the connect path and reconnect episodes.
+
+* :mod:`.records` — parse one record into an :class:`~.records.EngineEvent` (one pattern table per version range).
+* :mod:`.machine` — :class:`~.machine.EngineMachine`, the state machine that emits phases into a ``PhaseSink``.
+* :mod:`.bridge` — ``install(get_machine)`` / ``uninstall()`` / ``installed()``: the hook into
+  ``livekit.rtc._ffi_client``.
+* :mod:`.redact` — what keeps tokens, query strings and secrets out of every attribute and message.
+"""
