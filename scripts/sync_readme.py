@@ -11,10 +11,19 @@ sys.path.insert(0, str(ROOT / "src"))
 from lk_probe import _catalogue, _config  # noqa: E402
 
 
+def faults_table() -> str:
+    from lk_probe.testing import FAULTS
+
+    rows = ["| fault | effect |", "|---|---|"]
+    rows += [f"| `{name}` | {desc} |" for name, desc in sorted(FAULTS.items())]
+    return "\n".join(rows)
+
+
 def main() -> None:
     path = ROOT / "README.md"
     text = path.read_text()
-    for tag, body in (("phases", _catalogue.markdown_table()), ("options", _config.markdown_table())):
+    for tag, body in (("phases", _catalogue.markdown_table()), ("options", _config.markdown_table()),
+                      ("faults", faults_table())):
         text = re.sub(rf"(<!-- {tag}:begin -->\n).*?(<!-- {tag}:end -->)", lambda m: m.group(1) + body + "\n" +
                       m.group(2), text, flags=re.S)
     path.write_text(text)
