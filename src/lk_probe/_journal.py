@@ -62,6 +62,13 @@ class Journal:
         if sc.is_valid:
             self._write({"op": "e", "sid": format(sc.span_id, "016x")})
 
+    def event(self, span: Any, name: str, t: int, attributes: dict[str, Any]) -> None:
+        """An event on an open span (a watchdog line during a resume): replayed onto the span if the process dies."""
+        sc = span.get_span_context()
+        if sc.is_valid:
+            attrs = {k: v for k, v in (attributes or {}).items() if isinstance(v, (str, bool, int, float))}
+            self._write({"op": "v", "sid": format(sc.span_id, "016x"), "n": name, "t": t, "a": attrs})
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
@@ -133,9 +140,11 @@ def read_open(path: str) -> list[dict[str, Any]]:
         except ValueError:
             continue
         if row.get("op") == "s" and "sid" in row:
-            started[row["sid"]] = row
+            started[row["sid"]] = {**row, "events": []}
         elif row.get("op") == "e":
             started.pop(row.get("sid"), None)
+        elif row.get("op") == "v" and row.get("sid") in started:
+            started[row["sid"]]["events"].append(row)
     return list(started.values())
 
 
@@ -165,6 +174,8 @@ def export_open(path: str, *, t_death: int, cause: str) -> int:
                       "error.type": "process_died"})
         with forced_ids(tid, sid):
             span = tracer.start_span(row["p"], context=parent, attributes=attrs, start_time=int(row["t"]))
+        for ev in row.get("events", ()):
+            span.add_event(ev["n"], ev.get("a") or {}, timestamp=int(ev["t"]))
         span.set_status(Status(StatusCode.ERROR, f"the job process died ({cause}) while this phase was open"))
         span.end(end_time=max(t_death, int(row["t"])))
     return len(rows)

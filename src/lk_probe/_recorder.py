@@ -20,7 +20,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from . import _catalogue, _provider
+from . import _catalogue, _journal, _provider
 from ._errors import guard, guarded
 
 log = logging.getLogger("lk_probe")
@@ -134,7 +134,12 @@ class Recorder:
                 o = next(reversed(self._open.values()))
         span = o.span if o is not None else trace.get_current_span(self._default_parent)
         if span.is_recording():
-            span.add_event(name, clean_attributes(attributes), timestamp=t if t is not None else time.time_ns())
+            t = t if t is not None else time.time_ns()
+            attrs = clean_attributes(attributes)
+            span.add_event(name, attrs, timestamp=t)
+            j = _journal.active
+            if j is not None:
+                j.event(span, name, t, attrs)
 
     # ---------------------------------------------------------------- helpers
     def set_default_parent(self, ctx: Any) -> None:
