@@ -208,3 +208,18 @@ def test_grpc_protocol_from_env(install_from_env, otlp_receiver):
     rec.end("a", error_type="assignment_timeout")
     got = otlp_receiver.wait_for_phase("job.assignment", timeout=5)
     assert got.status_code == "ERROR" and got.attributes["error.type"] == "assignment_timeout"
+
+
+def test_opentelemetry_instrument_finds_the_instrumentor_by_entry_point():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="opentelemetry_instrumentor") if e.name == "livekit"]
+    cls = ep.load()
+    assert cls is lk_probe.LiveKitInstrumentor
+    inst = cls()
+    inst.instrument(tracer_provider=TracerProvider(), skip_dep_check=True)  # what opentelemetry-instrument does
+    try:
+        assert lk_probe.installed() and ("livekit.rtc.room", "Room.connect") in _patching.patched()
+    finally:
+        inst.uninstrument()
+    assert _patching.patched() == []
