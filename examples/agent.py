@@ -26,4 +26,6 @@ if __name__ == "__main__":
         entrypoint_fnc=entrypoint,
         agent_name=os.environ.get("AGENT_NAME", "example-agent"),
         num_idle_processes=int(os.environ.get("NUM_IDLE_PROCESSES", "1")),
+        # livekit-agents' default is 0.7 of this machine's CPU; the demo and the tests share a busy 2-core machine
+        load_threshold=float(os.environ.get("LOAD_THRESHOLD", "0.7")),
     ))

@@ -25,7 +25,8 @@ def test_agent_joins_quickly_even_when_the_first_signal_connect_stalls(lk_double
                                                                         otlp_env):
     # the first signal WebSocket upgrade hangs 8 s: the SDK gives up after 5 s and retries
     lk_double.faults.add("signal_upgrade_delay", delay=8.0, count=1)
-    worker = agent_worker(AGENT, agent_name="example-agent", env={**otlp_env, "AGENT_NAME": "example-agent"})
+    worker = agent_worker(AGENT, agent_name="example-agent", env={**otlp_env, "AGENT_NAME": "example-agent",
+                                                                         "LOAD_THRESHOLD": "inf"})
     worker.wait_registered(60)
     asyncio.run(dispatch(lk_double, "example-agent", "support-call"))
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stall > 0:
             double.faults.add("signal_upgrade_delay", delay=args.stall, count=1)
         env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": rx.http_endpoint, "OTEL_SERVICE_NAME": "demo-agent",
-               "OTEL_METRICS_EXPORTER": "none", "AGENT_NAME": "demo-agent"}
+               "OTEL_METRICS_EXPORTER": "none", "AGENT_NAME": "demo-agent", "LOAD_THRESHOLD": "inf"}
         print(f"• LiveKit server double on {double.url}; OTLP receiver on {rx.http_endpoint}")
         t0 = time.monotonic()
         worker = AgentWorker(args.agent, double, agent_name="demo-agent", env=env).start()
