@@ -272,6 +272,14 @@ def check_real(rows, sink, sc, ver):
         assert modes[0][0] == "resume" and modes[0][1] is not None and modes[-1] == ("restart", None)
         assert eps[0][5]["lk_probe.reconnect.source"] == 'signal client closed: "stream closed"'
         return
+    if sc == "leave_disconnect":  # no reconnect: an episode from the Leave to the `disconnected` event
+        assert len(eps) == 1 and eps[0][5]["lk_probe.outcome"] == "disconnected" and eps[0][4] == "disconnected"
+        assert eps[0][5]["lk_probe.reconnect.action"] == "Disconnect"
+        assert not by(rows, "rtc.reconnect.attempt")
+        assert events(sink, "rtc.leave")[0].key is not None  # the leave is on the episode
+        assert events(sink, "rtc.leave")[0].attributes["lk_probe.leave.action"] == "Disconnect"
+        assert events(sink, "rtc.disconnected")
+        return
     if sc in ("leave_resume", "leave_reconnect", "refuse_resume", "signal_abort"):
         assert len(eps) == 1 and eps[0][5]["lk_probe.outcome"] == "recovered" and eps[0][4] is None
         modes = [(a[5]["lk_probe.reconnect.mode"], a[4]) for a in by(rows, "rtc.reconnect.attempt")]

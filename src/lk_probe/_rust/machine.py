@@ -771,6 +771,10 @@ class EngineMachine:
     def _disconnected(self, t: int, reason: str | None) -> None:
         if self.state == CONNECTING:
             return  # the connect callback reports it
+        if self._episode is None and self.state == CONNECTED and reason not in (None, "CLIENT_INITIATED"):
+            # a server-side disconnect whose leave record has not arrived (records and events travel apart)
+            self._start_episode(t, {"lk_probe.reconnect.reason": reason, "lk_probe.reconnect.action": "Disconnect"},
+                                inferred_src="disconnected event")
         if self._episode is not None:
             if reason:
                 self._episode.disconnect_reason = reason
@@ -797,8 +801,15 @@ class EngineMachine:
         attrs = {"lk_probe.leave.reason": d.get("reason"), "lk_probe.leave.action": d.get("action")}
         if "can_reconnect" in d:
             attrs["lk_probe.leave.can_reconnect"] = d["can_reconnect"] == "true"
-        if d.get("action") == "Disconnect" and self._episode is not None:
-            self._episode.disconnect_reason = d.get("reason")
+        if d.get("action") == "Disconnect":
+            # no session close is logged for a Disconnect: the leave itself starts the episode, which the
+            # `disconnected` event ends
+            if self._episode is None and self.state == CONNECTED:
+                self._start_episode(t, {"lk_probe.reconnect.source": "server request to leave",
+                                        "lk_probe.reconnect.reason": d.get("reason"),
+                                        "lk_probe.reconnect.action": "Disconnect"})
+            if self._episode is not None:
+                self._episode.disconnect_reason = d.get("reason")
         self._event_or_pre("rtc.leave", t, attrs)
 
     def _r_dc_closed(self, d: dict[str, Any], t: int) -> None:
