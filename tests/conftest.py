@@ -24,3 +24,45 @@ def install_from_env(monkeypatch):
     _provider.reset()
     if provider is not None and hasattr(provider, "shutdown"):
         provider.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 4, acceptance 5: everything exported during the whole session — every span captured by capspans and every
+# span received by an OTLP receiver (from real workers and job processes) — is scanned for secrets at the end: a JWT,
+# an access_token, a join_request, a bearer token, or any API secret a server double handed out. A finding fails
+# the session.
+
+_SCANNED: list = []
+_SECRETS: set[str] = set()
+
+
+@pytest.fixture
+def capspans(capspans):  # noqa: F811 - wraps the plugin's fixture
+    yield capspans
+    _SCANNED.extend(capspans.spans)
+
+
+@pytest.fixture
+def otlp_receiver(otlp_receiver):  # noqa: F811
+    yield otlp_receiver
+    _SCANNED.extend(otlp_receiver.spans())
+
+
+@pytest.fixture
+def lk_double(lk_double):  # noqa: F811
+    _SECRETS.add(lk_double.api_secret)
+    yield lk_double
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from lk_probe.testing.secrets import find_secrets
+
+    findings = find_secrets(_SCANNED, extra=sorted(s for s in _SECRETS if s))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(f"lk_probe secret scan: {len(_SCANNED)} exported spans, {len(findings)} findings")
+        for f in findings[:20]:
+            reporter.write_line(f"  SECRET LEAK: {f}", red=True)
+    if findings:
+        session.exitstatus = 1
