@@ -55,11 +55,10 @@ def ensure_venv(name: str) -> Path:
     print(f"== setting up version set {name!r} in {path}", flush=True)
     venv.EnvBuilder(with_pip=True).create(path)
     pip = [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    steps = [pip + ["--upgrade", "pip"], pip + ["-e", f"{ROOT}[dev]"]]
     plain = [r for r in reqs if not r.startswith("--no-deps ")]
     nodeps = [r.split(" ", 1)[1] for r in reqs if r.startswith("--no-deps ")]
-    if plain:
-        steps.append(pip + plain)
+    # one resolver run for lk_probe and the set's pins, so that OTel packages come from one release train
+    steps = [pip + ["--upgrade", "pip"], pip + ["-e", f"{ROOT}[dev]", *plain]]
     if nodeps:
         steps.append(pip + ["--no-deps", *nodeps])
     for step in steps:

@@ -21,15 +21,28 @@ def _points(name):
     return out
 
 
+def _snapshot():
+    hist = {(p.attributes["lk_probe.phase"], p.attributes["lk_probe.outcome"]): (p.count, p.sum)
+            for p in _points("lk_probe.phase.duration")}
+    count = {(p.attributes["lk_probe.phase"], p.attributes["lk_probe.outcome"]): p.value
+             for p in _points("lk_probe.phase.outcome")}
+    return hist, count
+
+
 def test_phase_duration_histogram_and_outcome_counter(capspans):
+    # cumulative over the session: compare before and after
+    h0, c0 = _snapshot()
     rec = Recorder(None)
     for i, err in enumerate((None, None, "timeout")):
         rec.start("rtc.signal", i)
         rec.end(i, error_type=err)
-    hist = {(p.attributes["lk_probe.phase"], p.attributes["lk_probe.outcome"]): p
-            for p in _points("lk_probe.phase.duration")}
-    count = {(p.attributes["lk_probe.phase"], p.attributes["lk_probe.outcome"]): p.value
-             for p in _points("lk_probe.phase.outcome")}
-    assert hist[("rtc.signal", "ok")].count == 2 and hist[("rtc.signal", "error")].count == 1
-    assert count[("rtc.signal", "ok")] == 2 and count[("rtc.signal", "error")] == 1
-    assert 0 <= hist[("rtc.signal", "ok")].sum < 1.0  # seconds
+    h1, c1 = _snapshot()
+
+    def delta(d1, d0, key, idx=None):
+        a, b = d1.get(key, (0, 0.0) if idx is not None else 0), d0.get(key, (0, 0.0) if idx is not None else 0)
+        return a[idx] - b[idx] if idx is not None else a - b
+
+    ok, err = ("rtc.signal", "ok"), ("rtc.signal", "error")
+    assert delta(h1, h0, ok, 0) == 2 and delta(h1, h0, err, 0) == 1
+    assert delta(c1, c0, ok) == 2 and delta(c1, c0, err) == 1
+    assert 0 <= delta(h1, h0, ok, 1) < 1.0  # seconds
