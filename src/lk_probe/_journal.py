@@ -62,6 +62,13 @@ class Journal:
         if sc.is_valid:
             self._write({"op": "e", "sid": format(sc.span_id, "016x")})
 
+    def attributes(self, span: Any, attributes: dict[str, Any]) -> None:
+        """Attributes set on an open span after it started: merged into the span if the process dies."""
+        sc = span.get_span_context()
+        if sc.is_valid:
+            attrs = {k: v for k, v in (attributes or {}).items() if isinstance(v, (str, bool, int, float))}
+            self._write({"op": "a", "sid": format(sc.span_id, "016x"), "a": attrs})
+
     def event(self, span: Any, name: str, t: int, attributes: dict[str, Any]) -> None:
         """An event on an open span (a watchdog line during a resume): replayed onto the span if the process dies."""
         sc = span.get_span_context()
@@ -145,6 +152,8 @@ def read_open(path: str) -> list[dict[str, Any]]:
             started.pop(row.get("sid"), None)
         elif row.get("op") == "v" and row.get("sid") in started:
             started[row["sid"]]["events"].append(row)
+        elif row.get("op") == "a" and row.get("sid") in started:
+            started[row["sid"]].setdefault("a", {}).update(row.get("a") or {})
     return list(started.values())
 
 

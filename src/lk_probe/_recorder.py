@@ -171,7 +171,11 @@ class Recorder:
         with guard("recorder.set_attributes"):
             s = self.span(key)
             if s is not None:
-                s.set_attributes(clean_attributes(attributes))
+                attrs = clean_attributes(attributes)
+                s.set_attributes(attrs)
+                j = _journal.active
+                if j is not None:
+                    j.attributes(s, attrs)
 
     def close_all(self, *, t: int | None = None, error_type: str | None = None, error_message: str | None = None,
                   attributes: dict[str, Any] | None = None) -> None:

@@ -25,6 +25,9 @@ class PhaseSink(Protocol):
     def event(self, key: Hashable | None, name: str, *, t: int, attributes: dict[str, Any] | None = None) -> None:
         """Something happened during ``key`` (or, with None, during whatever phase is innermost)."""
 
+    def set_attributes(self, key: Hashable, attributes: dict[str, Any]) -> None:
+        """Optional: refine the attributes of the open instance ``key`` (e.g. a reason learnt after it started)."""
+
 
 @dataclass
 class Call:
@@ -54,6 +57,9 @@ class ListSink:
 
     def event(self, key, name, *, t, attributes=None):
         self.calls.append(Call("event", key, t, name=name, attributes=dict(attributes or {})))
+
+    def set_attributes(self, key, attributes):
+        self.calls.append(Call("attributes", key, 0, attributes=dict(attributes or {})))
 
     # helpers for assertions
     def phases(self) -> list[str]:

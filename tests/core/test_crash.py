@@ -73,9 +73,9 @@ def test_sigkill_during_a_resume_episode_exports_the_episode_and_its_open_attemp
         time.sleep(0.05)
     pid = probe.markers("connected")[0]["pid"]
     identity = probe.double.events.of_kind("job_assigned", lambda e: e["job"] == job_id)[0]["identity"]
-    # the migration of the report: the server asks for a resume, and no resume or rejoin ever succeeds
-    probe.double.faults.add("refuse_resume", identity=identity, count=None)
-    probe.double.faults.add("refuse_rejoin", identity=identity, count=None)
+    # the migration of the report: the server asks for a resume, and the resume's signal connect hangs (each attempt
+    # stays open for the SDK's 5 s timeout, so the kill lands inside one)
+    probe.double.faults.add("signal_upgrade_hang", identity=identity, count=None)
     probe.double.call(probe.double.signal.send_leave, identity, action="RESUME", reason="MIGRATION")
     path = _journal.path_for(job_id, pid)
     _wait_journal(path, "rtc.reconnect.attempt")

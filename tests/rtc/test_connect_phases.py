@@ -64,7 +64,7 @@ async def test_signal_upgrade_delayed_8s_once_fails_attempt_1_then_connects(lk_d
 async def test_v1_answered_404_falls_back_to_v0_in_the_same_attempt(lk_double, capspans, connected):
     lk_double.faults.add("signal_upgrade_status", status=404, path="v1", count=None)
     await connected("carol", single_peer_connection=True)
-    spans = await wait_spans(capspans, lambda s: len(s.named("rtc.signal")) == 2 and s.named("rtc.join"), 5)
+    spans = await wait_spans(capspans, lambda s: len(s.named("rtc.signal")) == 2 and s.named("rtc.connect"), 5)
     attempt = spans.phase("rtc.attempt")
     v1, v0 = spans.phases("rtc.signal")
     assert (v1.attributes["lk_probe.signal.path"], v0.attributes["lk_probe.signal.path"]) == ("v1", "v0")

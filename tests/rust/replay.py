@@ -49,6 +49,8 @@ def tree(sink: ListSink, t0: int | None = None) -> list[tuple]:
             phase_of[c.key] = c.phase
             rows[c.key] = [c.phase, phase_of.get(c.parent), (c.t - base) / 1e6, None, None, dict(c.attributes)]
             order.append(c.key)
+        elif c.op == "attributes" and c.key in rows:
+            rows[c.key][5].update(c.attributes)
         elif c.op == "end" and c.key in rows:
             r = rows[c.key]
             r[3], r[4] = (c.t - base) / 1e6, c.error_type

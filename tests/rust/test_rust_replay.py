@@ -192,7 +192,10 @@ def test_real_replay_equals_live(name):
     sink, m, meta = replay(name)
     assert meta["source"] == "captured"
     live = json.loads((DATA / name.replace(".jsonl", ".live.json")).read_text())
-    assert normalized(calls_of(sink)) == normalized(live)
+    # attribute refinements of open phases ("attributes" calls) were added after these captures; every start, end
+    # and event must be identical
+    replayed = [c for c in calls_of(sink) if c["op"] != "attributes"]
+    assert normalized(replayed) == normalized([c for c in live if c["op"] != "attributes"])
 
 
 def _check(name):

@@ -112,6 +112,12 @@ class _Out:
             key = None
         self.sink.event(key, name, t=t, attributes=redact.clean_attributes(attrs))
 
+    def set_attributes(self, key: Hashable, attrs: dict[str, Any]) -> None:
+        """Refine an open phase now (not only at its end), so a process killed meanwhile still reports it."""
+        fn = getattr(self.sink, "set_attributes", None)
+        if key in self.open and fn is not None:
+            fn(key, redact.clean_attributes(attrs))
+
 
 def _inferred(src: str) -> dict[str, Any]:
     return {"lk_probe.inferred": True, "lk_probe.inferred_from": src}
@@ -688,8 +694,9 @@ class EngineMachine:
             if self.state != CONNECTED:
                 return
             self._start_episode(t, attrs)
-        elif not ep.attrs:
+        elif not ep.attrs:  # the episode started from the `reconnecting` event, which outran this record
             ep.attrs.update(attrs)
+            self._out.set_attributes(ep.key, attrs)
         else:
             self._out.event(self._active(), "rtc.session_close", t, attrs)
 
