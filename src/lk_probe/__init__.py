@@ -78,6 +78,9 @@ class LiveKitInstrumentor(BaseInstrumentor):
 
             room.uninstrument()
         _patching.unwrap_all()
+        from ._recorder import _watchdog
+
+        _watchdog.enabled = False
         with guard("uninstall.state"):
             from ._patches import job, worker
 

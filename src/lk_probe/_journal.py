@@ -23,7 +23,8 @@ MAX_BYTES = 1 << 20  # a journal never grows past 1 MiB (phases, not records, ar
 
 
 def directory() -> str:
-    return os.environ.get("LK_PROBE_JOURNAL_DIR") or os.path.join(tempfile.gettempdir(), "lk_probe")
+    # per user, so that nobody else can plant files or links in it
+    return os.environ.get("LK_PROBE_JOURNAL_DIR") or os.path.join(tempfile.gettempdir(), f"lk_probe-{os.getuid()}")
 
 
 def path_for(job_id: str, pid: int) -> str:
@@ -33,16 +34,21 @@ def path_for(job_id: str, pid: int) -> str:
 
 class Journal:
     def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        d = os.path.dirname(path)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        st = os.lstat(d)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise PermissionError(f"{d} is not a private directory of this user; no crash journal")
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         self._size = 0
         self._lock = threading.Lock()
 
     def _write(self, obj: dict[str, Any]) -> None:
         data = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
         with self._lock:
-            if self._fd < 0 or self._size + len(data) > MAX_BYTES:
+            # past the cap only end records are written, so that nothing already exported is ever re-exported
+            if self._fd < 0 or (self._size + len(data) > MAX_BYTES and obj.get("op") != "e"):
                 return
             os.write(self._fd, data)
             self._size += len(data)
@@ -52,7 +58,10 @@ class Journal:
         if not sc.is_valid:
             return
         parent = getattr(span, "parent", None)
-        attrs = {k: v for k, v in (span.attributes or {}).items() if isinstance(v, (str, bool, int, float))}
+        scope = getattr(getattr(span, "instrumentation_scope", None), "name", "")
+        # lk_probe's own attributes only: other instrumentations' (transcripts, prompts...) never go to disk
+        attrs = {k: v for k, v in (span.attributes or {}).items()
+                 if isinstance(v, (str, bool, int, float))} if scope == "lk_probe" else {}
         self._write({"op": "s", "p": span.name, "tid": format(sc.trace_id, "032x"), "sid": format(sc.span_id, "016x"),
                      "psid": format(parent.span_id, "016x") if parent is not None and parent.is_valid else None,
                      "sampled": bool(sc.trace_flags.sampled), "t": span.start_time, "a": attrs})

@@ -47,9 +47,9 @@ def wrap(module: str, path: str, wrapper: Callable[..., Any], *, required: bool 
                           "lk_probe: %s.%s not found in this version; %s will not be traced (partial "
                           "instrumentation)", module, path, feature or path)
             return False
-        owner, _, _ = found
+        owner, name, _ = found
         wrapt.wrap_function_wrapper(module, path, wrapper)
-        _patched[(module, path)] = owner
+        _patched[(module, path)] = (owner, owner.__dict__.get(name))
         return True
 
 
@@ -57,11 +57,14 @@ def unwrap_all() -> None:
     with _lock:
         items = list(_patched.items())
         _patched.clear()
-    for (module, path), owner in items:
+    for (module, path), (owner, ours) in items:
         name = path.split(".")[-1]
         current = owner.__dict__.get(name)
-        if isinstance(current, PROXY) and hasattr(current, "__wrapped__"):
+        if current is ours and isinstance(current, PROXY) and hasattr(current, "__wrapped__"):
             setattr(owner, name, current.__wrapped__)
+        else:  # someone wrapped it after us: taking ours out would take theirs too
+            warn_once(f"unwrap:{module}.{path}", "lk_probe: %s.%s was wrapped again by someone else after lk_probe; "
+                      "leaving both in place", module, path)
 
 
 def patched() -> list[tuple[str, str]]:

@@ -23,7 +23,8 @@ from ._ids import install_forcing
 log = logging.getLogger("lk_probe")
 
 _lock = threading.RLock()
-_state: dict[str, Any] = {"explicit": None, "provider": None, "tracer": None, "built": False, "options": Options()}
+_state: dict[str, Any] = {"explicit": None, "provider": None, "tracer": None, "built": False, "options": Options(),
+                          "active": False}
 
 
 def configure(explicit_provider: Any, options: Options) -> None:
@@ -32,11 +33,12 @@ def configure(explicit_provider: Any, options: Options) -> None:
             _state.update(provider=None, tracer=None)
         _state["explicit"] = explicit_provider
         _state["options"] = options
+        _state["active"] = True
 
 
 def reset() -> None:
     with _lock:
-        _state.update(explicit=None, provider=None, tracer=None, built=False, health=[])
+        _state.update(explicit=None, provider=None, tracer=None, built=False, health=[], active=False)
 
 
 def _is_sdk(provider: Any) -> bool:
@@ -139,6 +141,8 @@ def provider():
     with _lock:
         if _state["provider"] is not None:
             return _state["provider"]
+        if not _state["active"]:  # uninstalled: a late event must not build (and globalise) a provider
+            return trace.NoOpTracerProvider()
         options: Options = _state["options"]
         chosen = _state["explicit"]
         if chosen is None:
@@ -159,6 +163,8 @@ def provider():
 
 def tracer():
     with _lock:
+        if not _state["active"]:
+            return trace.NoOpTracer()
         if _state["tracer"] is None:
             t = provider().get_tracer("lk_probe", __version__)
             install_forcing(t)
@@ -180,6 +186,28 @@ def sampled_root(trace_id: int, name: str = "job") -> bool:
         return res.decision == Decision.RECORD_AND_SAMPLE
     except Exception:  # noqa: BLE001
         return True
+
+
+def flush_soon(timeout_s: float | None = None) -> threading.Thread:
+    """Flush in a daemon thread of its own and return at once (the thread is returned for tests to join)."""
+    th = threading.Thread(target=flush, args=(timeout_s,), name="lk_probe-flush-soon", daemon=True)
+    th.start()
+    return th
+
+
+async def flush_async(timeout_s: float | None = None) -> bool:
+    """Await a bounded flush without occupying the event loop's default executor."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def run() -> None:
+        ok = flush(timeout_s)
+        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(ok))
+
+    threading.Thread(target=run, name="lk_probe-flush-async", daemon=True).start()
+    return await fut
 
 
 def flush(timeout_s: float | None = None) -> bool:

@@ -37,6 +37,13 @@ def redact(value: str) -> str:
     return out.replace("?[redacted]", "")
 
 
+def redact_message(value: str) -> str:
+    """Error texts (rare, may quote URLs, headers or secrets): the thorough redaction of the Rust bridge."""
+    from ._rust import redact as rust_redact
+
+    return rust_redact.clean(redact(value))
+
+
 def clean_attributes(attrs: dict[str, Any] | None) -> dict[str, Any]:
     if not attrs:
         return {}
@@ -198,7 +205,7 @@ class Recorder:
         attrs.setdefault("lk_probe.outcome", outcome)
         span.set_attributes(attrs)
         if error_type:
-            span.set_status(Status(StatusCode.ERROR, redact(error_message or error_type)))
+            span.set_status(Status(StatusCode.ERROR, redact_message(error_message or error_type)))
         span.end(end_time=max(t, o.start_ns))
         with guard("recorder.metrics"):
             m = _metrics()

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import lk_probe
-from lk_probe import _catalogue, _config, _ids, _patching
+from lk_probe import _catalogue, _config, _ids, _patching, _provider
 from lk_probe._recorder import Recorder, _watchdog, redact
 from lk_probe.spans import SpanSet
 
@@ -223,3 +223,17 @@ def test_opentelemetry_instrument_finds_the_instrumentor_by_entry_point():
     finally:
         inst.uninstrument()
     assert _patching.patched() == []
+
+
+def test_nothing_is_recorded_or_built_after_uninstall(memory_provider, monkeypatch):
+    provider, exporter = memory_provider
+    global_before = trace.get_tracer_provider()
+    lk_probe.install(tracer_provider=provider)
+    rec = Recorder(None)  # e.g. a room still connected when lk_probe was uninstalled
+    lk_probe.uninstall()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    rec.start("rtc.reconnect", "late")  # a late room event
+    rec.end("late")
+    assert exporter.get_finished_spans() == ()
+    assert _provider._state["provider"] is None  # no provider was built from OTEL_* (nor made global)
+    assert trace.get_tracer_provider() is global_before

@@ -43,11 +43,13 @@ class ConnectScope:
 
 connect_scope: contextvars.ContextVar[ConnectScope | None] = contextvars.ContextVar("lk_probe_connect", default=None)
 
-_state: dict[str, Any] = {"prewarm": None, "job_rec": None, "options": {}}
+_state: dict[str, Any] = {"prewarm": None, "options": {}}
+# per job, not per process: the thread executor runs several jobs in one process
+_job_rec: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("lk_probe_job_rec", default=None)
 
 
 def job_recorder() -> Recorder | None:
-    return _state["job_rec"]
+    return _job_rec.get()
 
 
 def in_job_process() -> bool:
@@ -102,27 +104,32 @@ def _pool_init(wrapped, instance, args, kwargs):
 
 def _start_job(wrapped, instance, args, kwargs):
     ctx = None
+    rec = None
     with guard("job.start"):
         msg = args[0] if args else kwargs["msg"]
         job = msg.running_job.job
         sampled = _provider.sampled_root(trace_id_for(job.id))
         ctx = job_parent_context(job.id, job.state.started_at, sampled=sampled)
-        with guard("job.journal_open"):
-            _journal.attach(_provider.provider())
-            _journal.active = _journal.Journal(_journal.path_for(job.id, os.getpid()))
+        if in_job_process():  # one job per process: the crash journal is the process's (not in the thread executor)
+            with guard("job.journal_open"):
+                _journal.attach(_provider.provider())
+                if _journal.active is not None:
+                    _journal.active.close()
+                _journal.active = _journal.Journal(_journal.path_for(job.id, os.getpid()))
         rec = Recorder(ctx, attributes={"lk.job_id": job.id}, label=job.id)
-        _state["job_rec"] = rec
         pre = _state.get("prewarm")
         if pre is not None:
             t0, t1, pid = pre
             rec.start("process.prewarm", "process.prewarm", t=t0, attributes={"process.pid": pid})
             rec.end("process.prewarm", t=t1)
-    if ctx is None:
+    if ctx is None or rec is None:
         return wrapped(*args, **kwargs)
-    token = otel_context.attach(ctx)  # the job task created inside inherits it
+    token = otel_context.attach(ctx)  # the job task created inside inherits both
+    rec_token = _job_rec.set(rec)
     try:
         return wrapped(*args, **kwargs)
     finally:
+        _job_rec.reset(rec_token)
         otel_context.detach(token)
 
 
@@ -131,33 +138,36 @@ async def _run_job_task(wrapped, instance, args, kwargs):
         return await wrapped(*args, **kwargs)
     finally:
         with guard("job.end"):
-            rec = _state.get("job_rec")
+            rec = _job_rec.get()
             if rec is not None:
                 rec.close_all(error_type="incomplete", error_message="still open when the job ended")
-            j, _journal.active = _journal.active, None
-            if j is not None:
-                j.close()
-                _journal.remove(j.path)
-            await asyncio.get_running_loop().run_in_executor(None, _provider.flush, None)
+            if in_job_process():
+                j, _journal.active = _journal.active, None
+                if j is not None:
+                    j.close()
+                    _journal.remove(j.path)
+            await _provider.flush_async()
 
 
 def _on_cleanup(wrapped, instance, args, kwargs):
-    # livekit-agents 1.3–1.7 shut down the SDK provider their tracer holds here; if that is ours, get our spans
-    # out first.
+    # livekit-agents 1.3–1.8.1 shut down the SDK provider their tracer holds in this (then synchronous) method; if
+    # that is ours, get our spans out first, briefly. From 1.8.2 it is async and only flushes: nothing to do.
     with guard("job.cleanup"):
+        import inspect
         import sys
 
-        traces = sys.modules.get(TRACES_MOD)
-        held = getattr(getattr(traces, "tracer", None), "_tracer_provider", None)
-        if held is not None and held is _provider._state.get("provider"):
-            _provider.flush()
+        if not inspect.iscoroutinefunction(wrapped):
+            traces = sys.modules.get(TRACES_MOD)
+            held = getattr(getattr(traces, "tracer", None), "_tracer_provider", None)
+            if held is not None and held is _provider._state.get("provider"):
+                _provider.flush(1.0)
     return wrapped(*args, **kwargs)
 
 
 async def _ctx_connect(wrapped, instance, args, kwargs):
     if connect_scope.get() is not None or getattr(instance, "_connected", False):
         return await wrapped(*args, **kwargs)
-    scope = ConnectScope(_state.get("job_rec"))
+    scope = ConnectScope(_job_rec.get())
     token = connect_scope.set(scope)
     own_span = None
     ctx_token = None
@@ -205,7 +215,9 @@ def _end_connect(scope: ConnectScope, own_span: Any, error: BaseException | None
         from opentelemetry.trace import Status, StatusCode
 
         if error is not None:
-            own_span.set_status(Status(StatusCode.ERROR, kw["error_message"] or kw["error_type"]))
+            from .._recorder import redact
+
+            own_span.set_status(Status(StatusCode.ERROR, redact(kw["error_message"] or kw["error_type"])))
             own_span.set_attribute("error.type", kw["error_type"])
         own_span.end()
 
@@ -232,12 +244,16 @@ def _agents_start_span(wrapped, instance, args, kwargs):
 
 
 def _forkserver_preload(wrapped, instance, args, kwargs):
+    names = None
     with guard("job.forkserver_preload"):
-        names = list(args[0] if args else kwargs.get("module_names", []))
-        if "lk_probe._preload" not in names:
-            names.append("lk_probe._preload")
-            return wrapped(names)
-    return wrapped(*args, **kwargs)
+        given = list(args[0] if args else kwargs.get("module_names", []))
+        if "lk_probe._preload" not in given:
+            # before livekit-agents' _preload_freeze, which must stay last (it gc-freezes what was imported)
+            at = next((i for i, n in enumerate(given) if n.endswith("_preload_freeze")), len(given))
+            names = given[:at] + ["lk_probe._preload"] + given[at:]
+    if names is None:
+        return wrapped(*args, **kwargs)
+    return wrapped(names)
 
 
 def instrument(options: dict[str, Any]) -> None:
@@ -253,4 +269,7 @@ def instrument(options: dict[str, Any]) -> None:
 
 
 def reset() -> None:
-    _state.update(prewarm=None, job_rec=None)
+    _state.update(prewarm=None)
+    if _journal.active is not None:
+        _journal.active.close()
+        _journal.active = None

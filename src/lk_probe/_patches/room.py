@@ -148,7 +148,8 @@ def _listen(room: Any, machine: Any) -> None:
     def handler(name: str):
         def on_event(*args: Any) -> None:
             with guard("room.event"):
-                if getattr(room, "_lk_probe_listening", None) is not machine:
+                if getattr(room, "_lk_probe_listening", None) is not machine or getattr(
+                        machine, "_lk_probe_closed", False) and name != "disconnected":
                     return
                 data: dict[str, Any] = {}
                 if name == "disconnected" and args:
@@ -182,6 +183,9 @@ def instrument() -> None:
 
 
 def uninstrument() -> None:
+    with _lock:
+        for _, m in _machines:  # Room.on listeners stay registered but go quiet (they check this flag)
+            m._lk_probe_closed = True
     with guard("room.bridge_uninstall"):
         try:
             from .._rust import bridge

@@ -122,10 +122,14 @@ def _handle_availability(wrapped, instance, args, kwargs):
                  "lk_probe.job.resuming": bool(getattr(msg, "resuming", False))}
         with forced_ids(trace_id_for(job.id), root_span_id_for(job.id, job.state.started_at)):
             jt.rec.start("job", "job", t=t, parent=None, attributes=attrs)
-        jt.rec.set_default_parent(jt.rec.context("job"))
-        jt.rec.start("job.availability", "job.availability", t=t)
-        _jobs[job.id] = jt
-    if jt is None:
+        job_ctx = jt.rec.context("job")
+        if job_ctx is None:  # the job span could not be started: trace nothing for this job
+            jt = None
+        else:
+            jt.rec.set_default_parent(job_ctx)
+            jt.rec.start("job.availability", "job.availability", t=t)
+            _jobs[job.id] = jt
+    if jt is None or jt.rec.default_parent is None:
         return wrapped(*args, **kwargs)
     # tasks created by the original (the answer, the request handler, accept → launch) inherit this context
     token = otel_context.attach(jt.rec.default_parent)
@@ -294,7 +298,7 @@ async def _exec_supervise(wrapped, instance, args, kwargs):
                 _on_process_end(jt, instance)
         if jt is not None:
             with guard("worker.flush"):
-                await asyncio.get_running_loop().run_in_executor(None, _provider.flush, None)
+                _provider.flush_soon()  # in its own daemon thread: the worker's loop and executor never wait
 
 
 def _on_process_end(jt: _JobTrace, proc: Any) -> None:

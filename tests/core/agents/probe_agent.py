@@ -30,6 +30,9 @@ def mark(what: str, **data: object) -> None:
 
 
 async def request(req: JobRequest) -> None:
+    from opentelemetry import trace
+
+    trace.get_current_span().is_recording()  # user code using OTel inside the request handler must keep working
     mark("request", job_id=req.job.id)
     how = os.environ.get("LKP_REQUEST", "accept")
     if how == "reject":
