@@ -5,7 +5,7 @@ line per phase start (with the span's trace id, span id and parent span id) and 
 descriptor with no user-space buffer: once ``os.write`` returns, the line is in the kernel and survives the process.
 When the worker sees the process die, it reads the file and exports the phases that were still open as spans with
 their original ids, ending at the time of death, ERROR, ``lk_probe.incomplete=true``: the resume that was hanging
-when the process was killed appears in the job's trace where it belongs. The file is removed at every process end.
+when the process was killed appears in the job's trace where it belongs. The job process writes ``done`` when its job task finishes; the worker removes the file when the process ends.
 """
 
 from __future__ import annotations
@@ -85,6 +85,10 @@ class Journal:
             attrs = {k: v for k, v in (attributes or {}).items() if isinstance(v, (str, bool, int, float))}
             self._write({"op": "v", "sid": format(sc.span_id, "016x"), "n": name, "t": t, "a": attrs})
 
+    def done(self) -> None:
+        """The job task finished: the process is about to exit normally."""
+        self._write({"op": "done"})
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
@@ -140,6 +144,16 @@ def attach(provider: Any) -> None:
         return
     provider.add_span_processor(JournalProcessor())
     _attached.add(id(provider))
+
+
+def completed(path: str) -> bool:
+    """Did the job process finish its job (the journal ends with ``done``)?"""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
+            return b'"op":"done"' in f.read()
+    except OSError:
+        return False
 
 
 def read_open(path: str) -> list[dict[str, Any]]:

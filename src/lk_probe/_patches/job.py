@@ -143,9 +143,9 @@ async def _run_job_task(wrapped, instance, args, kwargs):
                 rec.close_all(error_type="incomplete", error_message="still open when the job ended")
             if in_job_process():
                 j, _journal.active = _journal.active, None
-                if j is not None:
+                if j is not None:  # the worker reads `done` (and removes the file) when the process ends
+                    j.done()
                     j.close()
-                    _journal.remove(j.path)
             await _provider.flush_async()
 
 

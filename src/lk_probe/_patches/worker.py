@@ -311,7 +311,13 @@ def _on_process_end(jt: _JobTrace, proc: Any) -> None:
     attrs: dict[str, Any] = {"process.exit.code": code, "lk_probe.killed_by_worker": killed,
                              "lk_probe.kill_cause": cause, "process.pid": getattr(proc, "pid", None)}
     error_type = error_message = None
-    if code is not None and code < 0:
+    pid = getattr(proc, "pid", None)
+    path = _journal.path_for(jt.job_id, pid) if pid is not None else None
+    if code == 255 and path is not None and _journal.completed(path):
+        # multiprocessing's forkserver reports 255 when it loses a child's status (two threads polling it: agents'
+        # join thread and Process.start()'s cleanup of finished children). The job itself finished normally.
+        attrs["lk_probe.exit_status_lost"] = True
+    elif code is not None and code < 0:
         try:
             signame = signal.Signals(-code).name
         except ValueError:
@@ -324,9 +330,7 @@ def _on_process_end(jt: _JobTrace, proc: Any) -> None:
         error_message = f"job process exited with code {code}"
     outcome = "ok" if not error_type else ("killed" if (code or 0) < 0 else "failed")
     attrs["lk_probe.outcome"] = outcome
-    pid = getattr(proc, "pid", None)
-    if pid is not None:
-        path = _journal.path_for(jt.job_id, pid)
+    if path is not None:
         if error_type:  # phases the dead process left open: exported with their own ids, marked incomplete
             attrs["lk_probe.incomplete_phases"] = _journal.export_open(path, t_death=t, cause=error_type)
         _journal.remove(path)
