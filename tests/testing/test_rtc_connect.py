@@ -9,7 +9,7 @@ import pytest
 
 from rtc_helpers import no_leaks, SDK, V1_DEFAULT, assert_peers_closed, clients, needs_netns, rtc, wait_event
 
-pytestmark = [needs_netns, pytest.mark.usefixtures("no_leaks")]
+pytestmark = [needs_netns, pytest.mark.rtc, pytest.mark.usefixtures("no_leaks")]
 
 MODES = {
     "v1": dict(v1=True, sub_primary=True),

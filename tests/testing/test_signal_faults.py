@@ -15,7 +15,7 @@ import pytest
 
 from rtc_helpers import no_leaks, SDK, V1_DEFAULT, call, clients, last_seq, needs_netns, rtc, wait_event
 
-pytestmark = [needs_netns, pytest.mark.usefixtures("no_leaks")]
+pytestmark = [needs_netns, pytest.mark.rtc, pytest.mark.usefixtures("no_leaks")]
 
 NEW_SDK = SDK >= (1, 1, 21)  # 1-based attempts, jittered backoff, `disconnected` after exhaustion, validate w/ token
 PATHS = ["v1", "v0"]
