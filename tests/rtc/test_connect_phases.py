@@ -96,8 +96,10 @@ async def test_ice_that_never_completes_fails_every_attempt_on_the_pc(lk_double,
     attempts = spans.phases("rtc.attempt")
     assert len(attempts) == 4 and all(a.error for a in attempts)
     for a in attempts:
-        pcs = [s for s in spans.children(a) if s.name == "rtc.pc"]
-        assert pcs and pcs[0].error and pcs[0].attributes["error.type"] == "pc_timeout"
-        assert 14.0 < pcs[0].duration < 16.5, pcs[0].duration  # the SDK's 15 s PC connect limit
+        assert a.attributes["error.type"] == "pc_timeout"
+        assert 14.5 < a.duration < 17.5, a.duration  # the SDK's 15 s PC connect limit
+        # a PC that got as far as "Connecting" has its own span (1.1.21+); 1.1.2's subscriber PC never starts ICE
+        for pc in (s for s in spans.children(a) if s.name == "rtc.pc"):
+            assert pc.error and pc.attributes["error.type"] == "pc_timeout" and 14.0 < pc.duration < 16.5
     assert connect.error and connect.attributes["error.type"] in ("timeout", "pc_timeout")
     assert "wait_pc_connection timed out" in str(err.value)
