@@ -19,8 +19,8 @@ def load(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return rows[0], rows[1:]
 
 
-def replay(name: str) -> tuple[ListSink, EngineMachine, dict[str, Any]]:
-    meta, rows = load(name)
+def replay_rows(meta: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[ListSink, EngineMachine]:
+    """Feed captured rows (records, room events, connect calls) into a fresh machine with a ListSink."""
     sink = ListSink()
     m = EngineMachine(sink, version=meta["livekit"])
     for r in rows:
@@ -35,6 +35,12 @@ def replay(name: str) -> tuple[ListSink, EngineMachine, dict[str, Any]]:
             m.connect_finished(r["t"], r["error"])
         elif k == "closed":
             m.closed(r["t"])
+    return sink, m
+
+
+def replay(name: str) -> tuple[ListSink, EngineMachine, dict[str, Any]]:
+    meta, rows = load(name)
+    sink, m = replay_rows(meta, rows)
     return sink, m, meta
 
 

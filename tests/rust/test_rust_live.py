@@ -10,33 +10,12 @@ from __future__ import annotations
 import pytest
 
 from capture import capture
-from lk_probe._rust.machine import EngineMachine
-from lk_probe._rust.records import parse
-from lk_probe._sink import ListSink
 from lk_probe.testing import netns
-from replay import normalized, tree
+from replay import normalized, replay_rows, tree
 from test_rust_replay import check_real
 
 pytestmark = [pytest.mark.netns, pytest.mark.rtc, pytest.mark.skipif(not netns.in_private_netns(),
                                                     reason="needs the private network namespace (real ICE)")]
-
-
-def _replay(meta, rows):
-    sink = ListSink()
-    m = EngineMachine(sink, version=meta["livekit"])
-    for r in rows:
-        k = r["kind"]
-        if k == "record":
-            m.record(parse(r["level"], r["target"], r["line"], r["module_path"], r["message"]), r["t"])
-        elif k == "room_event":
-            m.room_event(r["name"], r["t"], **r["data"])
-        elif k == "connect_started":
-            m.connect_started(r["t"], r["url"])
-        elif k == "connect_finished":
-            m.connect_finished(r["t"], r["error"])
-        elif k == "closed":
-            m.closed(r["t"])
-    return sink, m
 
 
 def _cloud_host_is_local() -> bool:
@@ -56,7 +35,7 @@ async def test_live_scenario(scenario):
     if scenario.startswith("cloud") and not _cloud_host_is_local():
         pytest.skip("needs `python -m lk_probe.testing.netns --hosts lkp-test.livekit.cloud=127.0.0.1 -- ...`")
     meta, rows, live_calls = await capture(scenario)
-    sink, m = _replay(meta, rows)
+    sink, m = replay_rows(meta, rows)
     from replay import calls_of
 
     assert normalized(calls_of(sink)) == normalized(live_calls)
