@@ -239,6 +239,17 @@ def _handle_assignment(wrapped, instance, args, kwargs):
     return wrapped(*args, **kwargs)
 
 
+async def _call_in_phase(jt: _JobTrace | None, key: str, wrapped, args, kwargs):
+    """Await the wrapped call; if it fails, end the job's phase ``key`` with its exception, then re-raise it."""
+    try:
+        return await wrapped(*args, **kwargs)
+    except BaseException as e:
+        with guard(f"worker.{key}_failed"):
+            if jt is not None:
+                jt.rec.end(key, error_type=type(e).__name__, error_message=str(e))
+        raise
+
+
 async def _pool_launch_job(wrapped, instance, args, kwargs):
     jt = None
     with guard("worker.launch"):
@@ -250,13 +261,7 @@ async def _pool_launch_job(wrapped, instance, args, kwargs):
             jt.rec.start("job.launch", "job.launch", attributes={
                 "lk_probe.warm": bool(idle) if idle is not None else None,
                 "lk_probe.worker.idle_processes": idle})
-    try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as e:
-        with guard("worker.launch_failed"):
-            if jt is not None:
-                jt.rec.end("job.launch", error_type=type(e).__name__, error_message=str(e))
-        raise
+    result = await _call_in_phase(jt, "job.launch", wrapped, args, kwargs)
     with guard("worker.launched"):
         if jt is not None:
             jt.rec.end("job.launch", attributes={"lk_probe.outcome": "launched"})
@@ -272,13 +277,7 @@ async def _exec_launch_job(wrapped, instance, args, kwargs):
             pid = getattr(instance, "pid", None)
             parent = "job.launch" if jt.rec.is_open("job.launch") else None
             jt.rec.start("job.handoff", "job.handoff", parent=parent, attributes={"process.pid": pid})
-    try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as e:
-        with guard("worker.handoff_failed"):
-            if jt is not None:
-                jt.rec.end("job.handoff", error_type=type(e).__name__, error_message=str(e))
-        raise
+    result = await _call_in_phase(jt, "job.handoff", wrapped, args, kwargs)
     with guard("worker.handed_off"):
         if jt is not None:
             jt.rec.end("job.handoff")
