@@ -78,9 +78,11 @@ class LiveKitInstrumentor(BaseInstrumentor):
 
             room.uninstrument()
         _patching.unwrap_all()
-        from ._recorder import _watchdog
+        from ._recorder import _watchdog, holds
 
         _watchdog.enabled = False
+        with guard("uninstall.holds"):
+            holds.expire()
         with guard("uninstall.state"):
             from ._patches import job, worker
 

@@ -37,6 +37,10 @@ class Phase:
 
 _I, _C, _S, _CO = SpanKind.INTERNAL, SpanKind.CLIENT, SpanKind.SERVER, SpanKind.CONSUMER
 
+# the selected ICE candidate pair per peer connection, read after a successful connect onto the connect span
+ICE_ATTRIBUTES = tuple(f"lk_probe.ice.{pc}.{f}" for pc in ("publisher", "subscriber") for f in (
+    "local_candidate_type", "remote_candidate_type", "protocol", "relayed", "rtt_ms")) + ("lk_probe.ice.unavailable",)
+
 PHASES: tuple[Phase, ...] = (
     # ---- worker process ------------------------------------------------------------------
     Phase("job", None, _CO, WORKER,
@@ -87,14 +91,14 @@ PHASES: tuple[Phase, ...] = (
           "JobContext.connect (also the implicit connect of AgentSession.start). On livekit-agents "
           "1.8.2+ agents' own room_connect span plays this role and lk_probe nests under it.",
           "JobContext.connect",
-          ("server.address", "server.port", "lk_probe.outcome"), budget=3.0),
+          ("server.address", "server.port", "lk_probe.outcome", *ICE_ATTRIBUTES), budget=3.0),
     Phase("room_connect", "job_entrypoint", _C, JOB,
-          "livekit-agents' own connect span (1.8.2+).",
-          "livekit-agents", owner="livekit-agents"),
+          "livekit-agents' own connect span (1.8.2+); lk_probe adds the selected ICE pair to it.",
+          "livekit-agents", ICE_ATTRIBUTES, owner="livekit-agents"),
     Phase("rtc.connect", None, _C, RTC,
           "livekit.rtc.Room.connect for plain rtc users (outside a job's connect span).",
           "livekit.rtc.Room.connect",
-          ("server.address", "server.port", "lk_probe.outcome"), budget=3.0),
+          ("server.address", "server.port", "lk_probe.outcome", *ICE_ATTRIBUTES), budget=3.0),
     # ---- inside the Rust engine: the connect --------------------------------------------------
     Phase("rtc.attempt", "rtc.connect", _I, RTC,
           "One engine connect attempt (i of n): signal, join and peer connections.",
@@ -145,6 +149,10 @@ PHASES: tuple[Phase, ...] = (
           "The wait between two reconnect attempts.",
           "gap between attempt records", ("lk_probe.retry_now",), budget=None),
     # ---- the end -------------------------------------------------------------------------------
+    Phase("event", None, _I, JOB,
+          "An event with no open phase to carry it (a Rust watchdog line, a Leave or a data channel closing while "
+          "simply connected): a zero-length span holding the event, under the job (or the connect's parent).",
+          "any lk_probe event", ("lk_probe.event",)),
     Phase("stall", None, _I, JOB,
           "A stall record: an open phase crossed its budget (exported while the phase is still open).",
           "lk_probe budgets",

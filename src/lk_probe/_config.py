@@ -29,6 +29,9 @@ DOCS: dict[str, tuple[str, str]] = {
     "capture_rust_debug": ("LK_PROBE_CAPTURE_RUST_DEBUG",
                            "Read the Rust engine's DEBUG records (needed for join/ICE phases); they are not "
                            "printed to your handlers unless you set LIVEKIT_RTC_DEBUG yourself."),
+    "ice_stats": ("LK_PROBE_ICE_STATS",
+                  "After a successful connect, read the selected ICE candidate pair of each peer connection "
+                  "(get_rtc_stats(), off the critical path) onto the connect span."),
 }
 
 
@@ -43,6 +46,7 @@ class Options:
     flush_timeout_s: float = 5.0
     stall_records: bool = True
     capture_rust_debug: bool = True
+    ice_stats: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -135,17 +135,6 @@ class JournalProcessor(_processor_base()):  # type: ignore[misc]
         return True
 
 
-_attached: set[int] = set()
-
-
-def attach(provider: Any) -> None:
-    """Add the journal processor to an SDK provider once (it is inert outside a job)."""
-    if id(provider) in _attached or not hasattr(provider, "add_span_processor"):
-        return
-    provider.add_span_processor(JournalProcessor())
-    _attached.add(id(provider))
-
-
 def completed(path: str) -> bool:
     """Did the job process finish its job (the journal ends with ``done``)?"""
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from typing import Any
 
 from opentelemetry import trace
@@ -39,6 +40,22 @@ def configure(explicit_provider: Any, options: Options) -> None:
 def reset() -> None:
     with _lock:
         _state.update(explicit=None, provider=None, tracer=None, built=False, health=[], active=False)
+
+
+_attached: "weakref.WeakSet[Any]" = weakref.WeakSet()  # ids could be reused by a later provider
+
+
+def attach_processors(provider: Any) -> None:
+    """Add lk_probe's span hooks to an SDK provider once: the loop-block tie-in, then the crash journal (both inert
+    outside a job)."""
+    with _lock:
+        if provider in _attached or not hasattr(provider, "add_span_processor"):
+            return
+        _attached.add(provider)
+    from . import _journal, _loopblock
+
+    provider.add_span_processor(_loopblock.processor())
+    provider.add_span_processor(_journal.JournalProcessor())
 
 
 def _is_sdk(provider: Any) -> bool:

@@ -16,11 +16,12 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Hashable
 
+import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from . import _catalogue, _journal, _provider
+from . import _catalogue, _journal, _loopblock, _provider
 from ._errors import guard, guarded
 
 log = logging.getLogger("lk_probe")
@@ -140,13 +141,24 @@ class Recorder:
             if o is None and self._open:
                 o = next(reversed(self._open.values()))
         span = o.span if o is not None else trace.get_current_span(self._default_parent)
-        if span.is_recording():
-            t = t if t is not None else time.time_ns()
-            attrs = clean_attributes(attributes)
-            span.add_event(name, attrs, timestamp=t)
-            j = _journal.active
-            if j is not None:
-                j.event(span, name, t, attrs)
+        t = t if t is not None else time.time_ns()
+        holder = None
+        if not span.is_recording():
+            # nothing open to carry it (a watchdog line or a Leave while simply connected): a zero-length span of
+            # its own under the default parent, rather than dropping it
+            holder = span = _provider.tracer().start_span(
+                "event", context=self._default_parent, kind=_catalogue.phase("event").kind, start_time=t,
+                attributes={"lk_probe.phase": "event", **self.attributes, "lk_probe.event": name})
+        attrs = clean_attributes(attributes)
+        if name == _loopblock.WATCHDOG_EVENT:
+            attrs.update(_loopblock.watchdog_seen(t, span, attrs.get("lk_probe.watchdog.task", ""),
+                                                  attrs.get("lk_probe.watchdog.message_kind")))
+        span.add_event(name, attrs, timestamp=t)
+        j = _journal.active
+        if j is not None and holder is None:
+            j.event(span, name, t, attrs)
+        if holder is not None:
+            holder.end(end_time=t)
 
     # ---------------------------------------------------------------- helpers
     def set_default_parent(self, ctx: Any) -> None:
@@ -184,6 +196,13 @@ class Recorder:
                 if j is not None:
                     j.attributes(s, attrs)
 
+    def hold(self, key: Hashable, timeout: float) -> Span | None:
+        """Defer the end of phase ``key`` (its end time stays exact) until :meth:`_Holds.release` or ``timeout``."""
+        s = self.span(key)
+        if s is not None:
+            holds.hold(s, timeout)
+        return s
+
     def close_all(self, *, t: int | None = None, error_type: str | None = None, error_message: str | None = None,
                   attributes: dict[str, Any] | None = None) -> None:
         """End every open phase, innermost first (job end, process death)."""
@@ -206,7 +225,7 @@ class Recorder:
         span.set_attributes(attrs)
         if error_type:
             span.set_status(Status(StatusCode.ERROR, redact_message(error_message or error_type)))
-        span.end(end_time=max(t, o.start_ns))
+        holds.end(span, max(t, o.start_ns))
         with guard("recorder.metrics"):
             m = _metrics()
             labels = {"lk_probe.phase": o.phase, "lk_probe.outcome": attrs["lk_probe.outcome"]}
@@ -237,6 +256,66 @@ def emit_stall(rec: Recorder, o: _Open, elapsed: float) -> None:
     s.end(end_time=now)
     log.warning("lk_probe: phase %s%s still open after %.1fs (budget %.1fs)", o.phase,
                 f" of job {rec.label}" if rec.label else "", elapsed, o.budget or 0.0)
+
+
+class _Holds:
+    """Span ends deferred for a short enrichment read after the phase ended (the ICE pair read after connect).
+
+    The span keeps the end time it was given; only the call to ``span.end`` waits, for at most the hold's timeout,
+    so attributes read off the critical path can still land on it. Works for any SDK span (agents' own
+    ``room_connect`` goes through :class:`HoldableSpan`).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[int, list[Any]] = {}  # id(span) -> [span, deadline (monotonic), end time or None]
+
+    def hold(self, span: Any, timeout: float) -> None:
+        span = getattr(span, "__wrapped__", span)
+        with self._lock:
+            self._items[id(span)] = [span, time.monotonic() + timeout, None]
+
+    def end(self, span: Any, end_time: int | None = None) -> None:
+        with self._lock:
+            h = self._items.get(id(span))
+            if h is not None and h[0] is span:
+                h[2] = end_time if end_time is not None else time.time_ns()
+                return
+        span.end(end_time=end_time)
+
+    def release(self, span: Any, attributes: dict[str, Any] | None = None) -> None:
+        span = getattr(span, "__wrapped__", span)
+        with self._lock:
+            h = self._items.pop(id(span), None)
+        with guard("recorder.release"):
+            attrs = clean_attributes(attributes)
+            if attrs and span.is_recording():
+                span.set_attributes(attrs)
+                j = _journal.active
+                if j is not None:
+                    j.attributes(span, attrs)
+        if h is not None and h[2] is not None:
+            span.end(end_time=h[2])
+
+    def expire(self, now_mono: float | None = None) -> None:
+        """Release every hold past its deadline (``now_mono=None``: all of them, at uninstall)."""
+        with self._lock:
+            due = [h[0] for h in self._items.values() if now_mono is None or h[1] <= now_mono]
+        for span in due:
+            self.release(span)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+holds = _Holds()
+
+
+class HoldableSpan(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A span someone else ends (livekit-agents' ``room_connect``) whose end can be held like ours."""
+
+    def end(self, end_time: int | None = None) -> None:
+        holds.end(self.__wrapped__, end_time)
 
 
 class _Watchdog:
@@ -271,6 +350,8 @@ class _Watchdog:
                     recs = list(self._recorders)
                 emitted = False
                 now = time.monotonic()
+                if len(holds):
+                    holds.expire(now)
                 for rec in recs:
                     for o, elapsed in rec._check_stalls(now):
                         emit_stall(rec, o, elapsed)

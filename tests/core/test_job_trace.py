@@ -150,7 +150,7 @@ def test_faults_inside_every_hook_never_reach_the_agent(probe, mode):
 def test_ctx_connect_phases_nest_in_the_job_trace(probe):
     import livekit.agents
 
-    probe.start_worker(LKP_MODE="connect")
+    probe.start_worker(LKP_MODE="connect_hold", LKP_HOLD="0.5")  # the job lives on after connecting, as real ones do
     job_id = probe.dispatch(room="room-connect")
     probe.wait_span(job_id, "job", timeout=60)
     spans = probe.trace(job_id)
@@ -167,6 +167,11 @@ def test_ctx_connect_phases_nest_in_the_job_trace(probe):
     assert connect.start <= attempt.start and attempt.end <= connect.end + 0.05
     connected = probe.markers("connected")[0]
     assert connected["sid"].startswith("PA_")
+    # the selected ICE pair, read after the connect returned, is on the job's connect span (agents' or ours)
+    ice = {k: v for k, v in connect.attributes.items() if k.startswith("lk_probe.ice.")}
+    pc = "publisher" if "lk_probe.ice.publisher.protocol" in ice else "subscriber"
+    assert ice[f"lk_probe.ice.{pc}.protocol"] == "udp" and ice[f"lk_probe.ice.{pc}.relayed"] is False, ice
+    assert ice[f"lk_probe.ice.{pc}.local_candidate_type"] == "host", ice
 
 
 def test_job_process_is_traced_even_when_it_never_calls_install(probe):

@@ -45,7 +45,8 @@ async def test_signal_upgrade_delayed_8s_once_fails_attempt_1_then_connects(lk_d
     t0 = time.monotonic()
     await connected("bob")
     took = time.monotonic() - t0
-    spans = await wait_spans(capspans, lambda s: len(s.named("rtc.attempt")) == 2 and s.named("rtc.join"), 5)
+    spans = await wait_spans(capspans, lambda s: len(s.named("rtc.attempt")) == 2 and s.named("rtc.join")
+                             and s.named("rtc.connect"), 5)
     a1, a2 = spans.phases("rtc.attempt")
     s1 = [s for s in spans.children(a1) if s.name == "rtc.signal"][0]
     assert a1.error and a1.attributes["error.type"] == "timeout"
@@ -103,3 +104,4 @@ async def test_ice_that_never_completes_fails_every_attempt_on_the_pc(lk_double,
             assert pc.error and pc.attributes["error.type"] == "pc_timeout" and 14.0 < pc.duration < 16.5
     assert connect.error and connect.attributes["error.type"] in ("timeout", "pc_timeout")
     assert "wait_pc_connection timed out" in str(err.value)
+    assert not lk_double.events.of_kind("pc_state", lambda e: e["state"] == "connected")  # the fault held

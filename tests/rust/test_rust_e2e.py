@@ -64,6 +64,7 @@ async def test_signal_timeout_once_exported(lk_double, probe):
         p.force_flush()
     await asyncio.to_thread(rx.wait_for, lambda s: s.phase == "rtc.attempt" and
                             s.attributes.get("lk_probe.attempt") == 2, 10)
+    await asyncio.to_thread(rx.wait_for, lambda s: s.phase == "rtc.connect", 10)  # its export waits for the ICE read
     spans = rx.spans()
     attempts = sorted(spans.phases("rtc.attempt"), key=lambda s: s.attributes["lk_probe.attempt"])
     assert [(a.attributes["lk_probe.attempt"], a.error) for a in attempts] == [(1, True), (2, False)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from opentelemetry import trace
 from replay import load
 
-from lk_probe import _journal
+from lk_probe import _journal, _provider
 from lk_probe._ids import job_parent_context
 from lk_probe._recorder import Recorder
 from lk_probe._rust.machine import EngineMachine
@@ -19,7 +19,7 @@ def test_seed004_migration_resume_never_recovers_then_kill_9(capspans, tmp_path)
     meta, rows = load("transcribed-1.1.2-seed004-migration.jsonl")
     job_ctx = job_parent_context("AJ_m4tsujv4U4Fs", 1)
     path = str(tmp_path / "AJ_m4tsujv4U4Fs.1.jsonl")
-    _journal.attach(capspans.provider)
+    _provider.attach_processors(capspans.provider)
     _journal.active = _journal.Journal(path)
     try:
         rec = Recorder(job_ctx, attributes={"lk.job_id": "AJ_m4tsujv4U4Fs"}, label="AJ_m4tsujv4U4Fs")

@@ -25,7 +25,7 @@ from .. import _journal, _provider
 from .._errors import guard
 from .._ids import job_parent_context, trace_id_for
 from .._patching import wrap
-from .._recorder import Recorder
+from .._recorder import HoldableSpan, Recorder, holds
 
 POOL_MOD = "livekit.agents.ipc.proc_pool"
 LAZY_MOD = "livekit.agents.ipc.job_proc_lazy_main"
@@ -87,7 +87,7 @@ def _child_init(original: Any, options: dict[str, Any], proc: Any) -> Any:
 def _warm_up() -> None:
     """Build the provider and import what a job needs now, during prewarm, not on the job's critical path."""
     _provider.tracer()
-    _journal.attach(_provider.provider())
+    _provider.attach_processors(_provider.provider())
     from .._rust import machine  # noqa: F401  (imported by the first Room.connect otherwise)
 
 
@@ -110,9 +110,9 @@ def _start_job(wrapped, instance, args, kwargs):
         job = msg.running_job.job
         sampled = _provider.sampled_root(trace_id_for(job.id))
         ctx = job_parent_context(job.id, job.state.started_at, sampled=sampled)
+        _provider.attach_processors(_provider.provider())
         if in_job_process():  # one job per process: the crash journal is the process's (not in the thread executor)
             with guard("job.journal_open"):
-                _journal.attach(_provider.provider())
                 if _journal.active is not None:
                     _journal.active.close()
                 _journal.active = _journal.Journal(_journal.path_for(job.id, os.getpid()))
@@ -138,6 +138,7 @@ async def _run_job_task(wrapped, instance, args, kwargs):
         return await wrapped(*args, **kwargs)
     finally:
         with guard("job.end"):
+            holds.expire()  # a connect span still waiting for its ICE pair ends now, at its own end time
             rec = _job_rec.get()
             if rec is not None:
                 rec.close_all(error_type="incomplete", error_message="still open when the job ended")
@@ -239,6 +240,8 @@ def _agents_start_span(wrapped, instance, args, kwargs):
         name = args[0] if args else kwargs.get("name")
         scope = connect_scope.get()
         if name == "room_connect" and scope is not None and scope.span is None:
+            # its end can then be held for the ICE pair read after the connect (see _recorder.holds)
+            span = HoldableSpan(span)
             scope.span = span
     return span
 

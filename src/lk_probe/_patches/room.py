@@ -18,7 +18,7 @@ from opentelemetry import trace
 
 from .._errors import guard, warn_once
 from .._patching import wrap
-from .._recorder import Recorder
+from .._recorder import Recorder, holds
 from . import job as job_patch
 
 RTC_ROOM_MOD = "livekit.rtc.room"
@@ -100,7 +100,9 @@ def _begin(room: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
         machine.connect_started(t, url or "")
     # after the connect, reconnect episodes belong to the job (or to whatever was current at connect time)
     session_ctx = job_rec.default_parent if job_rec is not None else ambient
-    return {"rec": rec, "own": own, "machine": machine, "session_ctx": session_ctx}
+    # the connect span the ICE pair goes on: ours, or the job's (lk_probe's job.connect or agents' room_connect)
+    connect_span = own if own is not None else (scope.span if scope is not None else None)
+    return {"rec": rec, "own": own, "machine": machine, "session_ctx": session_ctx, "connect_span": connect_span}
 
 
 def _finish(room: Any, state: dict[str, Any], error: BaseException | None) -> None:
@@ -110,6 +112,8 @@ def _finish(room: Any, state: dict[str, Any], error: BaseException | None) -> No
     err_text = None if error is None else (str(error) or type(error).__name__)
     if machine is not None:
         machine.connect_finished(t, err_text)
+    if error is None:
+        _read_ice_pair_later(room, state["connect_span"])
     if state["own"] is not None:
         if error is None:
             rec.end("rtc.connect", t=t)
@@ -121,6 +125,108 @@ def _finish(room: Any, state: dict[str, Any], error: BaseException | None) -> No
             _listen(room, machine)
     elif machine is not None:
         machine._lk_probe_closed = True
+
+
+ICE_STATS_TIMEOUT = 2.0  # the longest a connect span's end is held for the ICE pair
+_ice_tasks: set[Any] = set()
+
+
+def _read_ice_pair_later(room: Any, span: Any) -> None:
+    """Hold the connect span's end (its end time stays exact) and read the selected pairs on a task of their own."""
+    from .. import _provider
+
+    opts = _provider._state.get("options")
+    if span is None or not getattr(opts, "ice_stats", True) or not span.is_recording():
+        return
+    import asyncio
+
+    holds.hold(span, ICE_STATS_TIMEOUT)
+    task = asyncio.get_running_loop().create_task(_read_ice_pair(room, span))
+    _ice_tasks.add(task)
+    task.add_done_callback(_ice_tasks.discard)
+
+
+async def _read_ice_pair(room: Any, span: Any) -> None:
+    """Poll get_rtc_stats() until a PC has a selected pair (the engine may return before ICE settled)."""
+    import asyncio
+
+    attrs: dict[str, Any] = {}
+    deadline = time.monotonic() + ICE_STATS_TIMEOUT - 0.2
+    try:
+        with guard("room.ice_stats"):
+            delay = 0.05
+            while True:
+                try:
+                    stats = await asyncio.wait_for(room.get_rtc_stats(), max(deadline - time.monotonic(), 0.05))
+                except (asyncio.TimeoutError, RuntimeError) as e:  # slow FFI answer, or the room already left
+                    attrs = {"lk_probe.ice.unavailable": type(e).__name__}
+                    break
+                attrs = ice_pair_attributes(stats)
+                if attrs:
+                    break
+                if time.monotonic() + delay > deadline:
+                    attrs = {"lk_probe.ice.unavailable": "no_selected_pair"}
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.4)
+    except asyncio.CancelledError:  # the job ended (or the loop closed) before a pair was selected
+        attrs = attrs or {"lk_probe.ice.unavailable": "cancelled"}
+        raise
+    finally:
+        holds.release(span, attrs)
+
+
+_ICE_KINDS = {"transport": "transport", "candidate_pair": "candidate_pair", "local_candidate": "candidate",
+              "remote_candidate": "candidate"}
+
+
+def _enum_name(msg: Any, field: str) -> str:
+    value = getattr(msg, field)
+    try:
+        return msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[value].name.lower()
+    except (KeyError, AttributeError):
+        return str(value)
+
+
+def ice_pair_attributes(stats: Any) -> dict[str, Any]:
+    """``lk_probe.ice.<pc>.*`` for the selected candidate pair of each peer connection in a ``get_rtc_stats()``.
+
+    Candidate types, transport protocol, relayed or not and the current round-trip time; never an address.
+    The selected pair is the transport's ``selected_candidate_pair_id``, else a nominated, succeeded pair.
+    """
+    out: dict[str, Any] = {}
+    for pc, items in (("publisher", stats.publisher_stats), ("subscriber", stats.subscriber_stats)):
+        by_id: dict[str, Any] = {}
+        selected_ids: list[str] = []
+        pairs: list[Any] = []
+        for item in items:
+            kind = item.WhichOneof("stats")
+            if kind not in _ICE_KINDS:
+                continue
+            wrapper = getattr(item, kind)  # {rtc: {id, timestamp}, <kind's own message>}
+            body = getattr(wrapper, _ICE_KINDS[kind])
+            by_id[wrapper.rtc.id] = (kind, body)
+            if kind == "transport" and body.selected_candidate_pair_id:
+                selected_ids.append(body.selected_candidate_pair_id)
+            elif kind == "candidate_pair":
+                pairs.append((wrapper.rtc.id, body))
+        pair = next((by_id[i][1] for i in selected_ids if i in by_id and by_id[i][0] == "candidate_pair"), None)
+        if pair is None:
+            pair = next((b for _, b in pairs if b.nominated and _enum_name(b, "state") == "pair_succeeded"), None)
+        if pair is None:
+            continue
+        local = by_id.get(pair.local_candidate_id, (None, None))[1]
+        remote = by_id.get(pair.remote_candidate_id, (None, None))[1]
+        if local is None or remote is None:
+            continue
+        lt, rt = _enum_name(local, "candidate_type"), _enum_name(remote, "candidate_type")
+        prefix = f"lk_probe.ice.{pc}."
+        out[prefix + "local_candidate_type"] = lt
+        out[prefix + "remote_candidate_type"] = rt
+        out[prefix + "protocol"] = (local.protocol or remote.protocol or "").lower()
+        out[prefix + "relayed"] = "relay" in (lt, rt)
+        out[prefix + "rtt_ms"] = round(pair.current_round_trip_time * 1000.0, 3)
+    return out
 
 
 def _connect_error_type(error: BaseException) -> str:

@@ -59,6 +59,9 @@ FAULTS: dict[str, str] = {
     "join_response_never": "upgrade the signal socket but never send a JoinResponse",
     "ice_never": "ICE never completes for this join: our candidates are stripped from the SDP and the client's "
                  "trickled candidates are ignored (one firing = one join attempt)",
+    "ice_candidates_hidden": "our candidates are stripped from the SDP but the client's are used: the client learns "
+                             "our address only from our connectivity checks (a peer-reflexive remote candidate, as "
+                             "behind a NAT)",
     "drop_pongs": "stop answering pings on the participant's signal connection (taken at its next ping; one "
                   "firing = one connection goes silent), so the client's ping timeout fires and it resumes",
     "refuse_resume": "answer a resume with Leave{STATE_MISMATCH, RECONNECT} and forget the participant, like a real "
@@ -224,6 +227,7 @@ class SignalParticipant:
         self.sub: _webrtc.ServerPeer | None = None  # the client's subscriber PC (server offers)
         self.pending_trickles: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
         self.ice_never = False
+        self.hide_candidates = False
         self.pending_data: list[tuple[str, bytes, str, str | None]] = []  # (label, packet, sender, kind)
         self.last_seq = 0
         self.closed = False
@@ -579,6 +583,7 @@ class SignalService:
         p = SignalParticipant(self, room, identity, new_sid("PA_"), claims, single_pc=single_pc,
                               subscriber_primary=(not single_pc) and bool(self.subscriber_primary), client=client)
         p.ice_never = self._take("ice_never", identity) is not None
+        p.hide_candidates = self._take("ice_candidates_hidden", identity) is not None
         p.conn = conn
         conn.participant = p
         others = self._others(p)
@@ -774,7 +779,8 @@ class SignalService:
 
         peer = _webrtc.ServerPeer(name=name, role=role, on_state=on_state, on_message=on_message,
                                   on_ice_restart=on_restart, on_channel_open=on_open,
-                                  strip_local_candidates=p.ice_never)
+                                  strip_local_candidates=p.ice_never or p.hide_candidates,
+                                  ignore_remote_candidates=p.ice_never)
         self.peers_created.append(peer)
         target = rtc.PUBLISHER if role == "publisher" else rtc.SUBSCRIBER
         for init in p.pending_trickles.pop(target, []):

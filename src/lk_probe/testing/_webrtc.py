@@ -149,12 +149,14 @@ class ServerPeer:
 
     def __init__(self, *, name: str, role: str, on_state: Callable[[str], None],
                  on_message: Callable[[str, bytes], None], on_ice_restart: Callable[[str, str], None],
-                 on_channel_open: Callable[[str], None] | None = None, strip_local_candidates: bool = False) -> None:
+                 on_channel_open: Callable[[str], None] | None = None, strip_local_candidates: bool = False,
+                 ignore_remote_candidates: bool | None = None) -> None:
         install_aioice_patches()
         self.name = name
         self.role = role
         self.strip_local_candidates = strip_local_candidates
-        self.ignore_remote_candidates = strip_local_candidates
+        self.ignore_remote_candidates = (strip_local_candidates if ignore_remote_candidates is None
+                                         else ignore_remote_candidates)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channels: dict[str, Any] = {}  # server-created channels by label
         self.remote_channels: dict[str, Any] = {}  # client-created channels by label
@@ -216,6 +218,12 @@ class ServerPeer:
         sdp = self.pc.localDescription.sdp
         return strip_candidates(sdp) if self.strip_local_candidates else sdp
 
+    def _remote_sdp(self, sdp: str) -> str:
+        # ice_never: candidates carried in the client's SDP (re-offers after gathering) are dropped too, or our
+        # checks towards them would teach the client a peer-reflexive pair and ICE would complete anyway
+        sdp = filter_remote_sdp(sdp)
+        return strip_candidates(sdp) if self.ignore_remote_candidates else sdp
+
     def _ice_transports(self) -> list[Any]:
         out: dict[int, Any] = {}
         for t in self.pc.getTransceivers():
@@ -232,7 +240,7 @@ class ServerPeer:
             self._check_open()
             ufrag, pwd = ice_credentials(offer_sdp)
             restart = self._remote_ufrag is not None and ufrag is not None and ufrag != self._remote_ufrag
-            await self.pc.setRemoteDescription(RTCSessionDescription(filter_remote_sdp(offer_sdp), "offer"))
+            await self.pc.setRemoteDescription(RTCSessionDescription(self._remote_sdp(offer_sdp), "offer"))
             if restart:
                 self._apply_restart(ufrag, pwd)
             if ufrag is not None:
@@ -263,7 +271,7 @@ class ServerPeer:
         async with self._lock:
             self._check_open()
             ufrag, pwd = ice_credentials(answer_sdp)
-            await self.pc.setRemoteDescription(RTCSessionDescription(filter_remote_sdp(answer_sdp), "answer"))
+            await self.pc.setRemoteDescription(RTCSessionDescription(self._remote_sdp(answer_sdp), "answer"))
             if ufrag is not None:
                 self._remote_ufrag = ufrag
             await self._flush_pending()

@@ -1,7 +1,7 @@
 """The agent lk_probe's own end-to-end tests run: lk_probe.install() at the top, as the README says.
 
 Env: LKP_MARKERS (JSON-lines file for markers), LKP_AGENT_NAME, LKP_MODE (what the entrypoint does: "return",
-"connect", "connect_hold", "kill" = SIGKILL itself, "hold", "raise"), LKP_REQUEST ("accept" | "reject" | "slow"),
+"connect", "connect_hold", "kill" = SIGKILL itself, "hold", "raise", "loop_block"), LKP_REQUEST ("accept" | "reject" | "slow"),
 LKP_LOAD / LKP_LOAD_THRESHOLD (worker load), LKP_IDLE (num_idle_processes), LKP_HOLD (seconds).
 """
 
@@ -43,11 +43,39 @@ async def request(req: JobRequest) -> None:
     await req.accept()
 
 
+def _rust_watchdog_line() -> None:
+    # Stands in for the Rust SDK only: its 10 s watchdog needs a libwebrtc handler stuck for 10 s, which nothing here
+    # can provoke. The line takes the exact path a real one takes (ffi_event_callback's logger call, same format).
+    import logging
+
+    from livekit.rtc import _ffi_client
+
+    _ffi_client.logger.log(logging.ERROR, "%s:%s:%s - %s", "livekit::rtc_engine::rtc_session", 1071,
+                           "livekit::rtc_engine::rtc_session", "signal_event taking too much time: Answer("
+                           "SessionDescription { r#type: \"answer\", sdp: \"v=0\", id: 3, mid_to_track_id: {} })")
+
+
+async def _block_the_loop_around_a_rust_watchdog_line() -> None:
+    import threading
+
+    # 1. a watchdog line arrives (on another thread, as Rust's do) while the loop is blocked for 0.8 s
+    threading.Timer(0.2, _rust_watchdog_line).start()
+    mark("block", t0=time.time())
+    time.sleep(0.8)  # noqa: ASYNC251 - blocking the loop is the point
+    mark("unblocked", t1=time.time())
+    await asyncio.sleep(0.5)  # livekit-agents' loop monitor reports the block now
+    # 2. a second line after the block was reported: the handler's 10 s window covers the block
+    _rust_watchdog_line()
+    await asyncio.sleep(0.2)
+
+
 async def entrypoint(ctx: JobContext) -> None:
     mark("entrypoint", job_id=ctx.job.id)
-    if MODE in ("connect", "connect_hold"):
+    if MODE in ("connect", "connect_hold", "loop_block"):
         await ctx.connect()
         mark("connected", job_id=ctx.job.id, sid=ctx.room.local_participant.sid, cpu=time.process_time())
+    if MODE == "loop_block":
+        await _block_the_loop_around_a_rust_watchdog_line()
     if MODE == "kill":
         mark("killing", job_id=ctx.job.id)
         os.kill(os.getpid(), signal.SIGKILL)
