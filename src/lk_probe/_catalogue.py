@@ -74,9 +74,10 @@ PHASES: tuple[Phase, ...] = (
           "ProcJobExecutor.launch_job",
           ("process.pid",), budget=0.2),
     Phase("job.process", "job", _I, WORKER,
-          "The job process running the job, as the worker sees it, until it exits.",
-          "ProcJobExecutor.launch_job → ProcJobExecutor._supervise_task",
-          ("process.pid", "process.exit.code", "lk_probe.signal", "lk_probe.kill_cause",
+          "The job process (or, with the thread executor, the job thread) running the job, as the worker sees "
+          "it, until it exits.",
+          "ProcJobExecutor.launch_job → ._supervise_task; ThreadJobExecutor.launch_job → ._main_task",
+          ("process.pid", "process.exit.code", "lk_probe.signal", "lk_probe.kill_cause", "lk_probe.executor",
            "lk_probe.outcome")),
     # ---- job process ---------------------------------------------------------------------
     Phase("process.prewarm", "job", _I, JOB,

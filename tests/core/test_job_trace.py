@@ -184,3 +184,21 @@ def test_job_process_is_traced_even_when_it_never_calls_install(probe):
     pre = probe.wait_span(job_id, "process.prewarm", timeout=10)
     assert entry.parent_id == root.span_id and pre.parent_id == root.span_id
     assert pre.attributes["process.pid"] == probe.markers("entrypoint")[0]["pid"]
+
+
+@pytest.mark.lk_netns
+def test_thread_executor_job_is_one_whole_trace(probe):
+    # JobExecutorType.THREAD: the job runs in a thread of the worker process; the worker-side phases, the job side
+    # and the job's end (the thread joined) are one trace all the same
+    probe.start_worker(LKP_EXECUTOR="thread", LKP_MODE="connect", LKP_IDLE="0")
+    job_id = probe.dispatch(room="room-thread")
+    root = probe.wait_span(job_id, "job", timeout=60)
+    spans = probe.trace(job_id)
+    proc = spans.phase("job.process")
+    entry = spans.phase("job_entrypoint")
+    assert proc.attributes["lk_probe.executor"] == "thread" and "process.pid" not in proc.attributes
+    assert not proc.error and root.attributes["lk_probe.outcome"] == "ok", root.attributes
+    assert entry.parent_id == root.span_id and entry.end <= proc.end + 0.05  # the thread may start first
+    assert spans.phase("rtc.attempt").attributes["lk.job_id"] == job_id
+    marker = probe.markers("entrypoint")[0]
+    assert marker["pid"] == probe.worker.proc.pid  # it really ran inside the worker process

@@ -27,6 +27,7 @@ JOB_MOD = "livekit.agents.job"
 POOL_MOD = "livekit.agents.ipc.proc_pool"
 EXEC_MOD = "livekit.agents.ipc.job_proc_executor"
 SUP_MOD = "livekit.agents.ipc.supervised_proc"
+THREAD_MOD = "livekit.agents.ipc.job_thread_executor"
 
 MAX_JOBS = 1024  # bound the per-job state whatever happens
 
@@ -281,7 +282,9 @@ async def _exec_launch_job(wrapped, instance, args, kwargs):
     with guard("worker.handed_off"):
         if jt is not None:
             jt.rec.end("job.handoff")
-            jt.rec.start("job.process", "job.process", attributes={"process.pid": getattr(instance, "pid", None)})
+            executor = "thread" if type(instance).__name__ == "ThreadJobExecutor" else "process"
+            jt.rec.start("job.process", "job.process", attributes={"process.pid": getattr(instance, "pid", None),
+                                                                   "lk_probe.executor": executor})
             instance._lk_probe_job = jt
     return result
 
@@ -383,6 +386,9 @@ def instrument() -> None:
     wrap(EXEC_MOD, "ProcJobExecutor.launch_job", _exec_launch_job, feature="the hand-off to the process")
     wrap(EXEC_MOD, "ProcJobExecutor._supervise_task", _exec_supervise, feature="job process exit")
     wrap(SUP_MOD, "SupervisedProc._send_kill_signal", _send_kill_signal, feature="kill causes")
+    # the thread executor (JobExecutorType.THREAD): the same hand-off, and the job's end when its thread is joined
+    wrap(THREAD_MOD, "ThreadJobExecutor.launch_job", _exec_launch_job, feature="the hand-off to the job thread")
+    wrap(THREAD_MOD, "ThreadJobExecutor._main_task", _exec_supervise, feature="job thread end")
 
 
 def reset() -> None:

@@ -2,7 +2,8 @@
 
 Env: LKP_MARKERS (JSON-lines file for markers), LKP_AGENT_NAME, LKP_MODE (what the entrypoint does: "return",
 "connect", "connect_hold", "kill" = SIGKILL itself, "hold", "raise", "loop_block"), LKP_REQUEST ("accept" | "reject" | "slow"),
-LKP_LOAD / LKP_LOAD_THRESHOLD (worker load), LKP_IDLE (num_idle_processes), LKP_HOLD (seconds).
+LKP_LOAD / LKP_LOAD_THRESHOLD (worker load), LKP_IDLE (num_idle_processes), LKP_HOLD (seconds), LKP_EXECUTOR
+("process" | "thread").
 """
 
 import asyncio
@@ -19,7 +20,7 @@ if os.environ.get("LKP_INSTALL_IN_MAIN") != "1":
     for _ in range(int(os.environ.get("LKP_INSTALL_TIMES", "1"))):
         lk_probe.install()
 
-from livekit.agents import JobContext, JobRequest, WorkerOptions, cli  # noqa: E402
+from livekit.agents import JobContext, JobExecutorType, JobRequest, WorkerOptions, cli  # noqa: E402
 
 MODE = os.environ.get("LKP_MODE", "return")
 
@@ -98,4 +99,6 @@ if __name__ == "__main__":
         load_threshold=float(os.environ.get("LKP_LOAD_THRESHOLD", "0.7")),
         port=0,
         initialize_process_timeout=20.0,
+        job_executor_type=JobExecutorType.THREAD if os.environ.get("LKP_EXECUTOR") == "thread"
+        else JobExecutorType.PROCESS,
     ))
