@@ -1,8 +1,6 @@
 """The pytest plugin, run in isolated pytester sessions: capspans captures real spans, and strict mode turns an
 error swallowed inside lk_probe into a test failure."""
 
-import pytest
-
 pytest_plugins = ["pytester"]
 
 

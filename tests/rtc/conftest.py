@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import pytest
 
+from lk_probe.testing.rooms import RoomWatch
+
 
 def rtc_version() -> tuple[int, ...]:
     from livekit.rtc import __version__
@@ -35,33 +37,6 @@ async def signal(double: Any, op: str, *args: Any, **kw: Any) -> Any:
     return await asyncio.to_thread(double.call, getattr(double.signal, op), *args, **kw)
 
 
-class RoomEvents:
-    def __init__(self, room: Any) -> None:
-        self.seen: list[tuple[str, float]] = []
-        self._changed = asyncio.Event()
-        for name in ("reconnecting", "reconnected", "disconnected"):
-            room.on(name, lambda *a, n=name: self._add(n))
-
-    def _add(self, name: str) -> None:
-        self.seen.append((name, time.time()))
-        self._changed.set()
-
-    async def wait(self, name: str, timeout: float = 60.0) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            for n, t in self.seen:
-                if n == name:
-                    return t
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {name!r} room event; saw {self.seen}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
-                pass
-
-
 @pytest.fixture
 async def connected(lk_double, capspans):
     """Factory: connect a Room as ``identity``; disconnects every room at teardown."""
@@ -71,7 +46,7 @@ async def connected(lk_double, capspans):
 
     async def connect(identity: str = "agent-1", room: str = "phases", **options: Any):
         r = rtc.Room()
-        events = RoomEvents(r)
+        events = RoomWatch(r)
         rooms.append(r)
         opts = rtc.RoomOptions(**options) if options else rtc.RoomOptions()
         await r.connect(lk_double.url, lk_double.token(identity, room), options=opts)

@@ -21,7 +21,7 @@ async def test_leave_resume_is_an_episode_recovered_by_resume(lk_double, capspan
     room, events = await connected("agent-r")
     sid = room.local_participant.sid
     await signal(lk_double, "send_leave", "agent-r", action="RESUME", reason="MIGRATION")
-    await events.wait("reconnected", 30)
+    await events.wait("reconnected", timeout=30)
     spans = await wait_spans(capspans, _episode_done)
     ep = _episode_done(spans)[0]
     assert not ep.error and ep.attributes["lk_probe.outcome"] == "recovered"
@@ -38,7 +38,7 @@ async def test_refused_resume_then_full_reconnect(lk_double, capspans, connected
     room, events = await connected("agent-s")
     lk_double.faults.add("refuse_resume", identity="agent-s", count=1)
     await signal(lk_double, "send_leave", "agent-s", action="RESUME")
-    await events.wait("reconnected", 30)
+    await events.wait("reconnected", timeout=30)
     spans = await wait_spans(capspans, _episode_done)
     ep = _episode_done(spans)[0]
     attempts = _attempts(spans, ep)
@@ -51,7 +51,7 @@ async def test_dropped_pongs_start_an_episode_caused_by_ping_timeout(lk_double, 
     lk_double.signal.ping_interval, lk_double.signal.ping_timeout = 1, 5  # 1.1.21 sends no ping while a resume settles
     room, events = await connected("agent-p")
     lk_double.faults.add("drop_pongs", identity="agent-p", count=1)
-    await events.wait("reconnected", 40)
+    await events.wait("reconnected", timeout=40)
     spans = await wait_spans(capspans, _episode_done)
     ep = _episode_done(spans)[0]
     assert "ping timeout" in ep.attributes["lk_probe.reconnect.source"]
@@ -61,7 +61,7 @@ async def test_dropped_pongs_start_an_episode_caused_by_ping_timeout(lk_double, 
 async def test_leave_disconnect_ends_as_disconnected(lk_double, capspans, connected):
     room, events = await connected("agent-d")
     await signal(lk_double, "send_leave", "agent-d", action="DISCONNECT", reason="SERVER_SHUTDOWN")
-    await events.wait("disconnected", 30)
+    await events.wait("disconnected", timeout=30)
     spans = await wait_spans(capspans, _episode_done)
     ep = _episode_done(spans)[0]
     assert ep.attributes["lk_probe.outcome"] == "disconnected"
@@ -73,7 +73,7 @@ async def test_leave_disconnect_ends_as_disconnected(lk_double, capspans, connec
 async def test_node_loss_is_a_resume_then_a_rejoin(lk_double, capspans, connected):
     room, events = await connected("agent-n")
     await signal(lk_double, "lose_node", "agent-n")
-    await events.wait("reconnected", 40)
+    await events.wait("reconnected", timeout=40)
     spans = await wait_spans(capspans, _episode_done)
     ep = _episode_done(spans)[0]
     modes = [a.attributes["lk_probe.reconnect.mode"] for a in _attempts(spans, ep)]

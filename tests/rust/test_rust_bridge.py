@@ -17,7 +17,7 @@ from lk_probe._rust.machine import EngineMachine
 from lk_probe._sink import ListSink
 
 ffi = pytest.importorskip("livekit.rtc._ffi_client")
-from livekit.rtc._proto import ffi_pb2, room_pb2  # noqa: E402
+from livekit.rtc._proto import ffi_pb2  # noqa: E402
 
 LV = {10: ffi_pb2.LogLevel.LOG_DEBUG, 20: ffi_pb2.LogLevel.LOG_INFO, 30: ffi_pb2.LogLevel.LOG_WARN,
       40: ffi_pb2.LogLevel.LOG_ERROR, 5: ffi_pb2.LogLevel.LOG_TRACE}

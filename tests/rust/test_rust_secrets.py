@@ -42,7 +42,7 @@ LEAKY = [
     (20, SS, f"connecting to {URL}&reconnect=1"),
     (40, ENG, f"resuming connection failed: signal failure: ws failure: HTTP error: 401 access_token={TOKEN}"),
     (40, SES, f"signal_event taking too much time: Answer(SessionDescription {{ sdp: \"a=ice-pwd:{API_SECRET}\" }})"),
-    (40, ENG, f"restarting connection... attempt: 2"),
+    (40, ENG, "restarting connection... attempt: 2"),
     (40, ENG, "restarting connection failed: proxy http://bob:proxypass-9f8e7d@proxy:3128 refused"),
     (40, ENG, f"restarting connection failed: Bearer {TOKEN} join_request={JOIN_REQ}"),
     (40, "livekit_ffi::server::room", f"error while connecting to a room: engine: {URL} {API_SECRET}"),

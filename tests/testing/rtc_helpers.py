@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 from lk_probe.testing import netns
+from lk_probe.testing.rooms import ROOM_EVENTS, RoomWatch  # noqa: F401  (used by the tests through here)
 
 rtc = pytest.importorskip("livekit.rtc")
 
@@ -26,10 +27,6 @@ needs_netns = pytest.mark.skipif(not netns.in_private_netns(),
                                  reason="needs the private network namespace for real ICE (libwebrtc ignores "
                                         "loopback interfaces): run under `python -m lk_probe.testing.netns -- "
                                         "python -m pytest ...` or `pytest --lk-netns`")
-
-ROOM_EVENTS = ("connection_state_changed", "reconnecting", "reconnected", "disconnected", "participant_connected",
-               "participant_disconnected", "data_received", "connected")
-
 
 def sdk_version() -> tuple[int, ...]:
     import livekit.rtc.version as v
@@ -40,46 +37,6 @@ def sdk_version() -> tuple[int, ...]:
 SDK = sdk_version()
 # livekit 1.1.2 (ffi 0.12.48) goes to v0 /rtc unless single_peer_connection=True; 1.1.21+ tries /rtc/v1 first
 V1_DEFAULT = SDK >= (1, 1, 21)
-
-
-class RoomWatch:
-    """Records room events with monotonic timestamps; ``await watch.wait("reconnected")``."""
-
-    def __init__(self, room: Any) -> None:
-        self.room = room
-        self.events: list[tuple[float, str, tuple[Any, ...]]] = []
-        self._changed = asyncio.Event()
-        for name in ROOM_EVENTS:
-            room.on(name, self._handler(name))
-
-    def _handler(self, name: str) -> Callable[..., None]:
-        def on(*args: Any) -> None:
-            self.events.append((time.monotonic(), name, args))
-            self._changed.set()
-        return on
-
-    def names(self) -> list[str]:
-        return [n for _, n, _ in self.events]
-
-    def count(self, name: str) -> int:
-        return sum(1 for _, n, _ in self.events if n == name)
-
-    async def wait(self, name: str, pred: Callable[..., bool] | None = None, timeout: float = 15.0,
-                   after: int = 0) -> tuple[float, tuple[Any, ...]]:
-        """Wait for the first event ``name`` with index >= ``after`` (matching ``pred(*args)``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for t, n, args in self.events[after:]:
-                if n == name and (pred is None or pred(*args)):
-                    return t, args
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no room event {name!r} within {timeout}s; saw {self.names()}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
-                pass
 
 
 def room_options(*, v1: bool | None = None, **kw: Any) -> Any:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from rtc_helpers import no_leaks, SDK, V1_DEFAULT, call, clients, last_seq, needs_netns, rtc, wait_event
+from rtc_helpers import no_leaks, SDK, call, clients, last_seq, needs_netns, rtc, wait_event
 
 pytestmark = [needs_netns, pytest.mark.rtc, pytest.mark.usefixtures("no_leaks")]
 
