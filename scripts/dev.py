@@ -32,6 +32,8 @@ SETS: dict[str, tuple[list[str], list[str]]] = {
     "latest": (["livekit-agents>=1.8,<1.9"], []),
     # what the production users in the reports run; 1.4.6 imports httpx without declaring it
     "prod-1.4.6": (["livekit-agents==1.4.6", "livekit==1.1.2", "httpx"], []),
+    # the last livekit-agents that shuts its tracer provider down at job end (1.3–1.7): the end-to-end core tests
+    "agents-1.7": (["livekit-agents==1.7.1"], ["tests/core"]),
     # the newest Rust engine: only the plain-rtc tests (livekit-agents 1.8 pins an older livekit)
     "rtc-1.2.0": (["livekit-agents>=1.8,<1.9", "--no-deps livekit==1.2.0"], ["-m", "rtc"]),
 }

@@ -202,3 +202,36 @@ def test_thread_executor_job_is_one_whole_trace(probe):
     assert spans.phase("rtc.attempt").attributes["lk.job_id"] == job_id
     marker = probe.markers("entrypoint")[0]
     assert marker["pid"] == probe.worker.proc.pid  # it really ran inside the worker process
+
+
+@pytest.mark.lk_netns
+def test_a_user_provider_that_livekit_agents_shuts_down_loses_no_span(probe):
+    # the agent sets its own global SDK provider and hands it to livekit-agents (set_tracer_provider): lk_probe
+    # records into it, and livekit-agents 1.3–1.7 shut it down at job end (later versions only flush it)
+    probe.start_worker(LKP_USER_PROVIDER="1", LKP_MODE="connect_hold", LKP_HOLD="0.3")
+    job_id = probe.dispatch(room="room-user-provider")
+    probe.wait_span(job_id, "job", timeout=60)
+    spans = probe.wait_span(job_id, "job_entrypoint", timeout=10) and probe.trace(job_id)
+    for name in ("process.prewarm", "rtc.attempt", "rtc.signal", "rtc.join"):
+        assert len(spans.named(name)) == 1, (name, spans.summary())
+    connect = spans.phase("room_connect" if spans.named("room_connect") else "job.connect")
+    assert connect.end and any(k.startswith("lk_probe.ice.") for k in connect.attributes)
+
+
+@pytest.mark.lk_netns
+@pytest.mark.parametrize("user_provider", ["0", "1"])
+def test_phases_still_open_when_the_job_ends_are_closed_and_exported(probe, user_provider):
+    # the job gives up while its signal upgrade hangs: the engine phases are ended as incomplete at the job's end
+    # (with a user provider, before livekit-agents 1.3–1.7 shut that provider down in JobContext._on_cleanup)
+    probe.double.faults.add("signal_upgrade_hang", count=None)
+    probe.start_worker(LKP_MODE="connect_stuck", LKP_HOLD="1", LKP_USER_PROVIDER=user_provider)
+    job_id = probe.dispatch(room="room-stuck")
+    probe.wait_span(job_id, "job", timeout=60)
+    attempt = probe.wait_span(job_id, "rtc.attempt", timeout=10)
+    spans = probe.trace(job_id)
+    signal = spans.phase("rtc.signal")
+    gave_up = probe.markers("giving_up")[0]["t"]
+    for s in (attempt, signal):
+        assert s.error and s.attributes["error.type"] == "incomplete", s.attributes
+        assert s.end >= gave_up
+    assert signal.parent_id == attempt.span_id

@@ -138,10 +138,7 @@ async def _run_job_task(wrapped, instance, args, kwargs):
         return await wrapped(*args, **kwargs)
     finally:
         with guard("job.end"):
-            holds.expire()  # a connect span still waiting for its ICE pair ends now, at its own end time
-            rec = _job_rec.get()
-            if rec is not None:
-                rec.close_all(error_type="incomplete", error_message="still open when the job ended")
+            _close_job_phases()
             if in_job_process():
                 j, _journal.active = _journal.active, None
                 if j is not None:  # the worker reads `done` (and removes the file) when the process ends
@@ -150,9 +147,22 @@ async def _run_job_task(wrapped, instance, args, kwargs):
             await _provider.flush_async()
 
 
+def _close_job_phases() -> None:
+    """End what the job left open: a connect span waiting for its ICE pair (at its own end time), lk_probe's job
+    phases and the engine phases of the job's rooms (a connect or resume still running). Idempotent."""
+    holds.expire()
+    rec = _job_rec.get()
+    if rec is not None:
+        rec.close_all(error_type="incomplete", error_message="still open when the job ended")
+        from . import room
+
+        room.close_job_rooms(rec, error_type="incomplete", error_message="still open when the job ended")
+
+
 def _on_cleanup(wrapped, instance, args, kwargs):
-    # livekit-agents 1.3–1.8.1 shut down the SDK provider their tracer holds in this (then synchronous) method; if
-    # that is ours, get our spans out first, briefly. From 1.8.2 it is async and only flushes: nothing to do.
+    # livekit-agents 1.3–1.8.1 shut down the SDK provider their tracer holds in this (then synchronous) method, before
+    # the job task ends; if that is ours, end the job's open phases and get them out first (briefly). From 1.8.2 it is
+    # async and only flushes: nothing to do.
     with guard("job.cleanup"):
         import inspect
         import sys
@@ -161,6 +171,7 @@ def _on_cleanup(wrapped, instance, args, kwargs):
             traces = sys.modules.get(TRACES_MOD)
             held = getattr(getattr(traces, "tracer", None), "_tracer_provider", None)
             if held is not None and held is _provider._state.get("provider"):
+                _close_job_phases()
                 _provider.flush(1.0)
     return wrapped(*args, **kwargs)
 

@@ -35,6 +35,16 @@ def active_machine() -> Any:
         return _machines[-1][1] if _machines else None
 
 
+_recorders: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
+
+
+def close_job_rooms(job_rec: Recorder, *, error_type: str, error_message: str) -> None:
+    """End the engine phases the rooms of this job left open (a connect or resume still running at its end)."""
+    for rec in list(_recorders):
+        if getattr(rec, "job_rec", None) is job_rec:
+            rec.close_all(error_type=error_type, error_message=error_message)
+
+
 def _register(room: Any, machine: Any) -> None:
     with _lock:
         _machines[:] = [(r, m) for r, m in _machines if r() is not None and r() is not room]
@@ -94,6 +104,8 @@ def _begin(room: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
         rec = Recorder(ambient, attributes=common, label=getattr(job_rec, "label", ""))
         own = rec.start("rtc.connect", "rtc.connect", t=t, attributes=attrs)
         rec.set_default_parent(rec.context("rtc.connect"))
+    rec.job_rec = job_rec  # type: ignore[attr-defined]  (close_job_rooms: the job's end closes what is open)
+    _recorders.add(rec)
     machine = _new_machine(rec)
     if machine is not None:
         _register(room, machine)

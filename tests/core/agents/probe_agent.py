@@ -1,9 +1,9 @@
 """The agent lk_probe's own end-to-end tests run: lk_probe.install() at the top, as the README says.
 
 Env: LKP_MARKERS (JSON-lines file for markers), LKP_AGENT_NAME, LKP_MODE (what the entrypoint does: "return",
-"connect", "connect_hold", "kill" = SIGKILL itself, "hold", "raise", "loop_block"), LKP_REQUEST ("accept" | "reject" | "slow"),
+"connect", "connect_hold", "kill" = SIGKILL itself, "hold", "raise", "loop_block", "connect_stuck"), LKP_REQUEST ("accept" | "reject" | "slow"),
 LKP_LOAD / LKP_LOAD_THRESHOLD (worker load), LKP_IDLE (num_idle_processes), LKP_HOLD (seconds), LKP_EXECUTOR
-("process" | "thread").
+("process" | "thread"), LKP_USER_PROVIDER=1 (the agent sets its own global SDK provider first).
 """
 
 import asyncio
@@ -14,6 +14,17 @@ import time
 
 import lk_probe
 
+if os.environ.get("LKP_USER_PROVIDER") == "1":
+    # the user sets up their own SDK provider before importing livekit.agents (which 1.3–1.7 then shut down at job end)
+    from opentelemetry import trace as _trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    _user_provider = TracerProvider()
+    _user_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=200))
+    _trace.set_tracer_provider(_user_provider)
+
 # LKP_INSTALL_TIMES=0: a bare agent (benchmarks); LKP_INSTALL_IN_MAIN=1: install() only under __main__, so the
 # job processes, which re-import this file as __mp_main__, never call it themselves
 if os.environ.get("LKP_INSTALL_IN_MAIN") != "1":
@@ -21,6 +32,11 @@ if os.environ.get("LKP_INSTALL_IN_MAIN") != "1":
         lk_probe.install()
 
 from livekit.agents import JobContext, JobExecutorType, JobRequest, WorkerOptions, cli  # noqa: E402
+
+if os.environ.get("LKP_USER_PROVIDER") == "1":  # and hands it to livekit-agents, as LiveKit's docs show
+    from livekit.agents.telemetry import set_tracer_provider
+
+    set_tracer_provider(_user_provider)
 
 MODE = os.environ.get("LKP_MODE", "return")
 
@@ -75,6 +91,10 @@ async def entrypoint(ctx: JobContext) -> None:
     if MODE in ("connect", "connect_hold", "loop_block"):
         await ctx.connect()
         mark("connected", job_id=ctx.job.id, sid=ctx.room.local_participant.sid, cpu=time.process_time())
+    if MODE == "connect_stuck":  # the job ends while its connect is still pending (the double holds the upgrade)
+        asyncio.ensure_future(ctx.connect())
+        await asyncio.sleep(float(os.environ.get("LKP_HOLD", "1")))
+        mark("giving_up", job_id=ctx.job.id)
     if MODE == "loop_block":
         await _block_the_loop_around_a_rust_watchdog_line()
     if MODE == "kill":
