@@ -62,6 +62,15 @@ class Clients:
                         room_options(v1=v1, **opts))
         return r, watch, time.monotonic() - t0
 
+    async def connect_fails(self, identity: str, room: str = "r1", *, v1: bool | None = None,
+                            **opts: Any) -> tuple[BaseException, float]:
+        """Connect expecting ``rtc.ConnectError``; return it and how long the connect took."""
+        r, _ = self.new_room()
+        t0 = time.monotonic()
+        with pytest.raises(rtc.ConnectError) as ei:
+            await r.connect(self.double.url, self.double.token(identity, room), room_options(v1=v1, **opts))
+        return ei.value, time.monotonic() - t0
+
     def new_room(self) -> tuple[Any, RoomWatch]:
         r = rtc.Room()
         self.rooms.append(r)
