@@ -184,6 +184,12 @@ class EngineMachine:
     def _key(self, what: str) -> Hashable:
         return ("lk_probe.rust", self._id, what, next(self._seq))
 
+    def _open_child(self, parent: Hashable, phase: str, what: str, t: int,
+                    attrs: dict[str, Any] | None) -> Hashable | None:
+        """Start ``phase`` under ``parent``: its key, or None when the sink did not open it."""
+        key = self._key(what)
+        return key if self._out.start(phase, key, t, attrs, parent=parent) else None
+
     def _fingerprint(self, ev: EngineEvent) -> None:
         era = ev.era
         if ev.kind == "ffi_init":
@@ -442,9 +448,7 @@ class EngineMachine:
             c.next_signal_region = False
         if parts.get("cloud"):
             c.cloud = True
-        c.signal = self._key("signal")
-        if not self._out.start("rtc.signal", c.signal, t, attrs, parent=c.key):
-            c.signal = None
+        c.signal = self._open_child(c.key, "rtc.signal", "signal", t, attrs)
 
     def _r_signal_ok(self, d: dict[str, Any], t: int) -> None:
         c = self._container()
@@ -453,11 +457,9 @@ class EngineMachine:
         attrs = {"lk_probe.signal.path": d["path"]} if d.get("path") else None
         self._out.end(c.signal, t, attrs=attrs)
         c.signal = None
-        c.join = self._key("join")
         c.join_t = t
         kind = "reconnect" if c.mode == "resume" else "join"
-        if not self._out.start("rtc.join", c.join, t, {"lk_probe.join.response": kind}, parent=c.key):
-            c.join = None
+        c.join = self._open_child(c.key, "rtc.join", "join", t, {"lk_probe.join.response": kind})
 
     def _signal_failed(self, c: _Container, err: str, t: int, path: str | None) -> None:
         etype = classify_error(err)
@@ -472,10 +474,8 @@ class EngineMachine:
             return
         c.pending_t = t
         if not c.cloud:
-            c.validate = self._key("validate")
-            if not self._out.start("rtc.validate", c.validate, t, _inferred("signal connection failed"),
-                                   parent=c.key):
-                c.validate = None
+            c.validate = self._open_child(c.key, "rtc.validate", "validate", t,
+                                          _inferred("signal connection failed"))
 
     def _r_signal_failed(self, d: dict[str, Any], t: int) -> None:
         c = self._container()
@@ -502,10 +502,8 @@ class EngineMachine:
         elif c.cloud:
             self._validate_span(c, t0, t, None, None, "signal connection failed → unexpected signal error")
         if c.cloud:
-            c.region = self._key("region")
-            if not self._out.start("rtc.region_fetch", c.region, t, _inferred("unexpected signal error"),
-                                   parent=c.key):
-                c.region = None
+            c.region = self._open_child(c.key, "rtc.region_fetch", "region", t,
+                                        _inferred("unexpected signal error"))
 
     def _r_region_connect(self, d: dict[str, Any], t: int) -> None:
         c = self._container()
@@ -735,9 +733,7 @@ class EngineMachine:
         self._end_container(ep.attempt, t, etype or classify_error(err), err, outcome="failed")
         ep.attempt = None
         if backoff:
-            ep.backoff = self._key("backoff")
-            if not self._out.start("rtc.reconnect.backoff", ep.backoff, t, None, parent=ep.key):
-                ep.backoff = None
+            ep.backoff = self._open_child(ep.key, "rtc.reconnect.backoff", "backoff", t, None)
 
     def _r_resume_failed(self, d: dict[str, Any], t: int) -> None:
         self._attempt_failed(d, t)
