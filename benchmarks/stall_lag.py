@@ -25,10 +25,10 @@ async def one(double, rx, i: int, floor: float) -> tuple[float, float]:
     double.faults.add("signal_upgrade_delay", delay=1.6, count=1)
     room = rtc.Room()
     await room.connect(double.url, double.token(f"stall-{i}", "bench"))
-    stall = await asyncio.to_thread(rx.wait_for, lambda s: s.name == "stall" and s.start > floor and s.attributes.get(
+    stall = await asyncio.to_thread(rx.wait_for, lambda s: s.phase == "stall" and s.start > floor and s.attributes.get(
         "lk_probe.stall.phase") == "rtc.signal" and s.attributes.get("lk_probe.stall.count") == 1, 15)
     await room.disconnect()
-    crossed = stall.start - stall.attributes["lk_probe.stall.elapsed"] + stall.attributes["lk_probe.stall.budget"]
+    crossed = stall.start + stall.attributes["lk_probe.stall.budget"]  # the record's span starts with the phase
     return stall.received_ns / 1e9 - crossed, stall.start
 
 

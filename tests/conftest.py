@@ -21,7 +21,7 @@ def install_from_env(monkeypatch):
         lk_probe.install()
 
     yield install
-    provider = _provider._state.get("provider")
+    provider = _provider.current()
     lk_probe.uninstall()
     _provider.reset()
     if provider is not None and hasattr(provider, "shutdown"):

@@ -39,9 +39,8 @@ class LiveKitInstrumentor(BaseInstrumentor):
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
-        from . import _config, _provider
+        from . import _config, _provider, _recorder
         from ._errors import guard
-        from ._recorder import _watchdog
 
         provider = kwargs.pop("tracer_provider", None)
         kwargs.pop("skip_dep_check", None)
@@ -50,7 +49,7 @@ class LiveKitInstrumentor(BaseInstrumentor):
             log.info("lk_probe: disabled by configuration; nothing is instrumented")
             return
         _provider.configure(provider, options)
-        _watchdog.enabled = options.stall_records
+        _recorder.configure(stall_records=options.stall_records)
         _check_versions()
         opts = {k: v for k, v in kwargs.items()}
         if options.worker:
@@ -62,7 +61,7 @@ class LiveKitInstrumentor(BaseInstrumentor):
             with guard("install.job"):
                 from ._patches import job
 
-                job.instrument(opts)
+                job.instrument(opts, install)
         if options.rtc:
             with guard("install.room"):
                 from ._patches import room
@@ -78,11 +77,10 @@ class LiveKitInstrumentor(BaseInstrumentor):
 
             room.uninstrument()
         _patching.unwrap_all()
-        from ._recorder import _watchdog, holds
+        from . import _recorder
 
-        _watchdog.enabled = False
-        with guard("uninstall.holds"):
-            holds.expire()
+        with guard("uninstall.recorder"):
+            _recorder.shutdown()
         with guard("uninstall.state"):
             from ._patches import job, worker
 

@@ -12,6 +12,221 @@ from dataclasses import dataclass, field
 
 from opentelemetry.trace import SpanKind
 
+# ================================================================================================================
+# The vocabulary: every attribute and event name lk_probe emits, as the constants the code uses. A test checks that
+# every attribute and event seen in any test run is listed here, and the README's tables are generated from here.
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    type: str  # "string" | "int" | "float" | "bool"
+    description: str
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    description: str
+    attributes: tuple[str, ...] = ()
+
+
+ATTRIBUTES: dict[str, Attribute] = {}
+EVENTS: dict[str, Event] = {}
+_STR, _INT, _FLOAT, _BOOL = "string", "int", "float", "bool"
+
+
+def _a(name: str, typ: str, description: str) -> str:
+    ATTRIBUTES[name] = Attribute(name, typ, description)
+    return name
+
+
+def _e(name: str, description: str, *attributes: str) -> str:
+    EVENTS[name] = Event(name, description, attributes)
+    return name
+
+
+# ---- every span ----------------------------------------------------------------------------------------------
+PHASE = _a("lk_probe.phase", _STR, "The catalogue phase this span is an instance of (equal to its name).")
+OUTCOME = _a("lk_probe.outcome", _STR, "How the phase ended: ok, error, or a phase-specific outcome (accepted, "
+             "rejected, assigned, launched, killed, recovered, gave_up, incomplete …).")
+ERROR_TYPE = _a("error.type", _STR, "Low-cardinality failure class (see the error types below); set with ERROR status.")
+INFERRED = _a("lk_probe.inferred", _BOOL, "The phase's boundaries were inferred, not logged by the SDK.")
+INFERRED_FROM = _a("lk_probe.inferred_from", _STR, "What the inference was made from (short, low-cardinality).")
+INCOMPLETE = _a("lk_probe.incomplete", _BOOL, "Exported by the worker from the crash journal: the job process died "
+                "while this phase was open.")
+# ---- LiveKit ids (livekit-agents' own keys) ---------------------------------------------------------------------
+JOB_ID = _a("lk.job_id", _STR, "The LiveKit job id (AJ_…).")
+DISPATCH_ID = _a("lk.dispatch_id", _STR, "The agent dispatch id (AD_…), when the job was dispatched explicitly.")
+ROOM_SID = _a("lk.room_sid", _STR, "The room's sid (RM_…).")
+ROOM_NAME = _a("lk.pii.room_name", _STR, "The room's name (may be personal data: under lk.pii.*).")
+AGENT_NAME = _a("lk.agent_name", _STR, "The agent name the job was dispatched to.")
+WORKER_ID = _a("lk.job.worker_id", _STR, "The id LiveKit gave the worker that received the job.")
+# ---- generic OpenTelemetry conventions -----------------------------------------------------------------------------
+SERVER_ADDRESS = _a("server.address", _STR, "Host name of the LiveKit server (never a path or query).")
+SERVER_PORT = _a("server.port", _INT, "Port of the LiveKit server.")
+PROCESS_PID = _a("process.pid", _INT, "The job process's pid.")
+PROCESS_EXIT_CODE = _a("process.exit.code", _INT, "The job process's exit code (negative: killed by that signal).")
+# ---- the job in the worker ------------------------------------------------------------------------------------------
+JOB_RESUMING = _a("lk_probe.job.resuming", _BOOL, "The AvailabilityRequest was a resumption of a job after a "
+                  "worker change.")
+JOB_SERVER_SENT_AT = _a("lk_probe.job.server_sent_at", _INT, "When the server sent the job (ns since the epoch).")
+ROOM_CREATED_AT = _a("lk_probe.room.created_at", _INT, "When the room was created (ns since the epoch).")
+WORKER_LOAD = _a("lk_probe.worker.load", _FLOAT, "The worker's load when the job arrived (0–1).")
+WORKER_STATUS = _a("lk_probe.worker.status", _STR, "The worker's status as last reported (WS_AVAILABLE, WS_FULL).")
+WORKER_PREVIOUS_STATUS = _a("lk_probe.worker.previous_status", _STR, "The status before a change.")
+WORKER_LOAD_THRESHOLD = _a("lk_probe.worker.load_threshold", _FLOAT, "The load at which the worker reports itself "
+                           "full; absent when there is none (livekit-agents' default threshold is infinite).")
+WORKER_ACTIVE_JOBS = _a("lk_probe.worker.active_jobs", _INT, "Jobs the worker was running when this one arrived.")
+WORKER_IDLE_PROCESSES = _a("lk_probe.worker.idle_processes", _INT, "Warm idle job processes available.")
+AVAILABLE = _a("lk_probe.available", _BOOL, "The worker's availability answer.")
+TERMINATE = _a("lk_probe.terminate", _BOOL, "A rejecting answer that asked the server to stop offering the job.")
+WARM = _a("lk_probe.warm", _BOOL, "The job got a warm idle process (false: a cold start).")
+EXECUTOR = _a("lk_probe.executor", _STR, "How the job runs: process or thread.")
+SIGNAL = _a("lk_probe.signal", _INT, "The signal that killed the job process.")
+KILL_CAUSE = _a("lk_probe.kill_cause", _STR, "Why the worker killed the process (unresponsive, memory_limit, "
+                "initialization_timeout, shutdown_timeout, killed).")
+KILLED_BY_WORKER = _a("lk_probe.killed_by_worker", _BOOL, "The worker itself killed the job process.")
+EXIT_STATUS_LOST = _a("lk_probe.exit_status_lost", _BOOL, "Exit code 255 of a job that finished: multiprocessing "
+                      "lost the child's status; the journal says the job completed.")
+INCOMPLETE_PHASES = _a("lk_probe.incomplete_phases", _INT, "How many phases the dead process left open (exported "
+                       "from its journal).")
+# ---- connect attempts and engine phases ------------------------------------------------------------------------------
+ATTEMPT = _a("lk_probe.attempt", _INT, "The attempt's number, from 1.")
+ATTEMPTS_MAX = _a("lk_probe.attempts_max", _INT, "How many attempts the engine makes at most.")
+ERROR_REPORTED_TYPE = _a("lk_probe.error.reported_type", _STR, "The error type the SDK reported when it masks the "
+                         "cause (livekit 1.1.2 reports the validate result instead of the signal timeout).")
+SIGNAL_PATH = _a("lk_probe.signal.path", _STR, "The signalling path tried: v1 or v0.")
+SIGNAL_REGION_FALLBACK = _a("lk_probe.signal.region_fallback", _BOOL, "A connect to a region URL after the first "
+                            "host failed.")
+SERVER_REGION = _a("lk_probe.server.region", _STR, "The server's region (JoinResponse).")
+SERVER_NODE_ID = _a("lk_probe.server.node_id", _STR, "The server node (JoinResponse).")
+SERVER_VERSION = _a("lk_probe.server.version", _STR, "The server's version (JoinResponse).")
+SERVER_PROTOCOL = _a("lk_probe.server.protocol", _INT, "The signalling protocol version (JoinResponse).")
+SUBSCRIBER_PRIMARY = _a("lk_probe.subscriber_primary", _BOOL, "The subscriber PC is the primary one (v0 dual-PC).")
+JOIN_RESPONSE = _a("lk_probe.join.response", _STR, "Which response ended the join wait (join or reconnect).")
+PC = _a("lk_probe.pc", _STR, "The peer connection: publisher or subscriber.")
+SETUP_MS = _a("lk_probe.setup_ms", _FLOAT, "The engine's own 'connection setup took' figure, in ms.")
+# ---- the selected ICE pair (on the connect span) ---------------------------------------------------------------------
+ICE_PAIR_FIELDS = {"local_candidate_type": (_STR, "Local candidate type (host, srflx, prflx, relay)."),
+                   "remote_candidate_type": (_STR, "Remote candidate type (host, srflx, prflx, relay)."),
+                   "protocol": (_STR, "udp or tcp."),
+                   "relayed": (_BOOL, "The pair goes through a TURN relay."),
+                   "rtt_ms": (_FLOAT, "The pair's current round-trip time, in ms.")}
+for _pc in ("publisher", "subscriber"):
+    for _f, (_t, _d) in ICE_PAIR_FIELDS.items():
+        _a(f"lk_probe.ice.{_pc}.{_f}", _t, f"Selected ICE pair of the {_pc} PC: {_d}")
+
+
+def ice_attribute(pc: str, field_name: str) -> str:
+    """``lk_probe.ice.<pc>.<field>`` (catalogued above)."""
+    return f"lk_probe.ice.{pc}.{field_name}"
+
+
+ICE_UNAVAILABLE = _a("lk_probe.ice.unavailable", _STR, "Why no ICE pair could be read (no_selected_pair, "
+                     "cancelled, TimeoutError, RuntimeError).")
+# ---- reconnects ---------------------------------------------------------------------------------------------------
+RECONNECT_SOURCE = _a("lk_probe.reconnect.source", _STR, "What closed the session (signal, publisher, subscriber, "
+                      "leave …).")
+RECONNECT_REASON = _a("lk_probe.reconnect.reason", _STR, "The reason the engine gave (ping timeout, Migration …).")
+RECONNECT_ACTION = _a("lk_probe.reconnect.action", _STR, "What the engine decided: resume, restart or disconnect.")
+RECONNECT_MODE = _a("lk_probe.reconnect.mode", _STR, "The attempt's kind: resume or restart.")
+DISCONNECT_REASON = _a("lk_probe.disconnect_reason", _STR, "livekit.rtc's DisconnectReason, by name.")
+RETRY_NOW = _a("lk_probe.retry_now", _BOOL, "The backoff was cut short (the engine retried at once).")
+LEAVE_REASON = _a("lk_probe.leave.reason", _STR, "The server's Leave reason.")
+LEAVE_ACTION = _a("lk_probe.leave.action", _STR, "The server's Leave action (resume, reconnect, disconnect).")
+LEAVE_CAN_RECONNECT = _a("lk_probe.leave.can_reconnect", _BOOL, "The Leave allowed a reconnect.")
+SYNTHESIZED = _a("lk_probe.synthesized", _BOOL, "A participant disconnect the SDK synthesized (not from the server).")
+RETRY_FIRST_SEQ = _a("lk_probe.retry.first_seq", _INT, "First sequence number of a data-retry gap.")
+RETRY_MISSING = _a("lk_probe.retry.missing", _INT, "Packets missing in a data-retry gap.")
+DC_LABEL = _a("lk_probe.dc.label", _STR, "The data channel that closed.")
+WATCHDOG_TASK = _a("lk_probe.watchdog.task", _STR, "The Rust handler a watchdog line is about (signal_event …).")
+WATCHDOG_MESSAGE_KIND = _a("lk_probe.watchdog.message_kind", _STR, "The message that handler was processing "
+                           "(Answer, Offer …).")
+LOOP_BLOCKED_SPAN_ID = _a("lk_probe.loop_blocked.span_id", _STR, "livekit-agents' event_loop_blocked span that "
+                          "overlapped this watchdog line.")
+LOOP_BLOCKED_DURATION = _a("lk_probe.loop_blocked.duration_s", _FLOAT, "How long that block lasted, in s.")
+RUST_WATCHDOG_TASK = _a("lk_probe.rust_watchdog.task", _STR, "On agents' event_loop_blocked: the Rust handler whose "
+                        "watchdog line overlapped the block.")
+RUST_WATCHDOG_MESSAGE_KIND = _a("lk_probe.rust_watchdog.message_kind", _STR, "… and the message it was processing.")
+RUST_WATCHDOG_SPAN_ID = _a("lk_probe.rust_watchdog.span_id", _STR, "… and the lk_probe span holding that line.")
+RUST_WATCHDOG_COUNT = _a("lk_probe.rust_watchdog.count", _INT, "… and how many watchdog lines overlapped.")
+EVENT = _a("lk_probe.event", _STR, "On an `event` span: the event it carries.")
+# ---- stall records ---------------------------------------------------------------------------------------------------
+STALL_PHASE = _a("lk_probe.stall.phase", _STR, "The phase that is still open.")
+STALL_ELAPSED = _a("lk_probe.stall.elapsed", _FLOAT, "How long it had been open, in s.")
+STALL_BUDGET = _a("lk_probe.stall.budget", _FLOAT, "Its budget, in s.")
+STALL_COUNT = _a("lk_probe.stall.count", _INT, "Which record this is for the phase (1 at the budget, 2 at twice it, …).")
+
+# ---- events ------------------------------------------------------------------------------------------------------
+EV_WORKER_STATUS = _e("worker.status_changed", "The worker's reported status changed while the job was open.",
+                      WORKER_STATUS, WORKER_PREVIOUS_STATUS, WORKER_LOAD)
+EV_PC_FAILED = _e("rtc.pc_failed", "A peer connection failed.", PC)
+EV_LEAVE = _e("rtc.leave", "The server sent Leave.", LEAVE_REASON, LEAVE_ACTION, LEAVE_CAN_RECONNECT)
+EV_SESSION_CLOSE = _e("rtc.session_close", "The engine closed its session (a reconnect follows).",
+                      RECONNECT_SOURCE, RECONNECT_REASON, RECONNECT_ACTION)
+EV_WATCHDOG = _e("rtc.watchdog", "A Rust handler has run for 10 s (the SDK's watchdog line).",
+                 WATCHDOG_TASK, WATCHDOG_MESSAGE_KIND, LOOP_BLOCKED_SPAN_ID, LOOP_BLOCKED_DURATION)
+EV_MOVED = _e("rtc.moved", "The participant was moved to another room.")
+EV_PARTICIPANT_DISCONNECTED = _e("rtc.participant_disconnected", "A remote participant left (or the SDK "
+                                 "synthesized its departure).", SYNTHESIZED, DISCONNECT_REASON)
+EV_TRACK_REPUBLISHED = _e("rtc.track_republished", "A local track was republished after a full reconnect.")
+EV_DISCONNECTED = _e("rtc.disconnected", "The room disconnected.", DISCONNECT_REASON)
+EV_DATA_RETRY_GAP = _e("rtc.data_retry_gap", "Reliable data packets went missing.", RETRY_FIRST_SEQ, RETRY_MISSING)
+EV_DC_CLOSED = _e("rtc.dc_closed", "A data channel closed.", DC_LABEL)
+EV_CONNECTION_SETUP = _e("rtc.connection_setup", "The engine's own connection-setup time.", SETUP_MS)
+EV_JOIN_RESPONSE = _e("rtc.join_response", "The JoinResponse arrived.", SERVER_REGION, SERVER_NODE_ID,
+                      SERVER_VERSION, SERVER_PROTOCOL, SUBSCRIBER_PRIMARY)
+EV_READY_TIMEOUT = _e("rtc.ready_timeout", "The engine timed out waiting for the room to be ready.")
+
+# ---- error types (values of error.type) and disconnect reasons ------------------------------------------------------
+ERROR_TYPES: dict[str, str] = {
+    "timeout": "a signal connect or other wait timed out",
+    "refused": "the connection was refused",
+    "http_404": "the server answered 404 (an older server without the v1 path)",
+    "http_4xx": "the server answered another 4xx",
+    "http_5xx": "the server answered 5xx",
+    "auth": "the token was refused (401/403)",
+    "dns": "the host name did not resolve",
+    "tls": "TLS failed",
+    "closed": "the socket closed",
+    "join_timeout": "no JoinResponse in time",
+    "reconnect_response_timeout": "no ReconnectResponse in time",
+    "pc_timeout": "a peer connection did not connect in time (ICE)",
+    "pc_failed": "a peer connection failed",
+    "validate_timeout": "the validate request timed out",
+    "region_fetch_timeout": "the region fetch timed out",
+    "region_fetch": "the region fetch failed",
+    "leave": "the server sent Leave",
+    "server_disconnect": "the server disconnected the participant",
+    "reconnect_failed": "the engine gave up reconnecting",
+    "disconnected": "the room disconnected",
+    "cancelled": "the call was cancelled",
+    "incomplete": "still open when the job (or lk_probe) ended",
+    "process_died": "the job process died while the phase was open",
+    "assignment_timeout": "no JobAssignment within livekit-agents' assignment timeout",
+    "exit_code": "the job process exited with a non-zero code",
+    "evicted": "dropped from lk_probe's bounded per-job state",
+    "uninstrumented": "lk_probe was uninstalled while the phase was open",
+    "error": "another failure",
+}
+ERR_INCOMPLETE = "incomplete"
+ERR_CANCELLED = "cancelled"
+
+# livekit.rtc DisconnectReason values by number
+DISCONNECT_REASONS = {0: "UNKNOWN_REASON", 1: "CLIENT_INITIATED", 2: "DUPLICATE_IDENTITY", 3: "SERVER_SHUTDOWN",
+                      4: "PARTICIPANT_REMOVED", 5: "ROOM_DELETED", 6: "STATE_MISMATCH", 7: "JOIN_FAILURE",
+                      8: "MIGRATION", 9: "SIGNAL_CLOSE", 10: "ROOM_CLOSED", 11: "USER_UNAVAILABLE",
+                      12: "USER_REJECTED", 13: "SIP_TRUNK_FAILURE", 14: "CONNECTION_TIMEOUT", 15: "MEDIA_FAILURE",
+                      16: "AGENT_ERROR"}
+
+# metric instruments
+METRIC_PHASE_DURATION = "lk_probe.phase.duration"
+METRIC_PHASE_OUTCOME = "lk_probe.phase.outcome"
+
+# ================================================================================================================
+# The phases.
+
 # where a phase runs
 WORKER = "worker"  # the agents worker (parent) process
 JOB = "job"  # the job process
@@ -38,8 +253,8 @@ class Phase:
 _I, _C, _S, _CO = SpanKind.INTERNAL, SpanKind.CLIENT, SpanKind.SERVER, SpanKind.CONSUMER
 
 # the selected ICE candidate pair per peer connection, read after a successful connect onto the connect span
-ICE_ATTRIBUTES = tuple(f"lk_probe.ice.{pc}.{f}" for pc in ("publisher", "subscriber") for f in (
-    "local_candidate_type", "remote_candidate_type", "protocol", "relayed", "rtt_ms")) + ("lk_probe.ice.unavailable",)
+ICE_ATTRIBUTES = tuple(ice_attribute(pc, f) for pc in ("publisher", "subscriber") for f in ICE_PAIR_FIELDS) + (
+    ICE_UNAVAILABLE,)
 
 PHASES: tuple[Phase, ...] = (
     # ---- worker process ------------------------------------------------------------------

@@ -96,8 +96,26 @@ class Journal:
                 self._fd = -1
 
 
-# the journal of the job running in this process; None outside a job
+# the journal of the job running in this process; None outside a job. Set only through open_for_job / end_job.
 active: Journal | None = None
+
+
+def open_for_job(job_id: str, pid: int) -> None:
+    """The job process starts its job: journal it (replacing a journal a previous job left open)."""
+    global active
+    if active is not None:
+        active.close()
+    active = Journal(path_for(job_id, pid))
+
+
+def end_job(*, done: bool) -> None:
+    """The job ended (``done``: normally, so the worker knows the file needs no export)."""
+    global active
+    j, active = active, None
+    if j is not None:
+        if done:
+            j.done()
+        j.close()
 
 
 def _processor_base() -> type:
@@ -176,13 +194,13 @@ def remove(path: str) -> None:
         pass
 
 
-def export_open(path: str, *, t_death: int, cause: str) -> int:
-    """Export the phases still open in ``path`` as incomplete ERROR spans with their original ids; return how many."""
-    from . import _provider
+def export_open(path: str, tracer: Any, *, t_death: int, cause: str) -> int:
+    """Export the phases still open in ``path`` as incomplete ERROR spans with their original ids through
+    ``tracer`` (one whose id generator honours :func:`lk_probe._ids.forced_ids`); return how many."""
+    from . import _catalogue as c
     from ._ids import forced_ids
 
     rows = read_open(path)
-    tracer = _provider.tracer()
     for row in rows:
         tid, sid = int(row["tid"], 16), int(row["sid"], 16)
         flags = TraceFlags(TraceFlags.SAMPLED if row.get("sampled", True) else TraceFlags.DEFAULT)
@@ -191,8 +209,8 @@ def export_open(path: str, *, t_death: int, cause: str) -> int:
             parent = trace.set_span_in_context(NonRecordingSpan(
                 SpanContext(tid, int(row["psid"], 16), is_remote=True, trace_flags=flags)))
         attrs = {k: v for k, v in (row.get("a") or {}).items() if isinstance(v, (str, bool, int, float))}
-        attrs.update({"lk_probe.phase": row["p"], "lk_probe.incomplete": True, "lk_probe.outcome": "incomplete",
-                      "error.type": "process_died"})
+        attrs.update({c.PHASE: row["p"], c.INCOMPLETE: True, c.OUTCOME: c.ERR_INCOMPLETE,
+                      c.ERROR_TYPE: "process_died"})
         with forced_ids(tid, sid):
             span = tracer.start_span(row["p"], context=parent, attributes=attrs, start_time=int(row["t"]))
         for ev in row.get("events", ()):

@@ -21,10 +21,11 @@ import time
 from collections import deque
 from typing import Any
 
+from . import _catalogue as c
 from ._errors import guard
 
 SPAN_NAME = "event_loop_blocked"  # livekit-agents' telemetry/loop_monitor.py
-WATCHDOG_EVENT = "rtc.watchdog"  # the engine machine's event for a watchdog line
+WATCHDOG_EVENT = c.EV_WATCHDOG  # the engine machine's event for a watchdog line
 HANDLER_WINDOW_NS = 10_000_000_000  # the Rust watchdogs fire when a handler has run this long
 _KEEP = 32
 
@@ -45,7 +46,7 @@ def watchdog_seen(t: int, carrier: Any, task: str, kind: str | None) -> dict[str
         hit = next((b for b in reversed(_blocks) if _overlaps(t, b[0], b[1])), None)
     if hit is None:
         return {}
-    return {"lk_probe.loop_blocked.span_id": hit[2], "lk_probe.loop_blocked.duration_s": round((hit[1] - hit[0]) / 1e9, 3)}
+    return {c.LOOP_BLOCKED_SPAN_ID: hit[2], c.LOOP_BLOCKED_DURATION: round((hit[1] - hit[0]) / 1e9, 3)}
 
 
 def block_started(span: Any) -> None:
@@ -57,8 +58,8 @@ def block_started(span: Any) -> None:
         hits = [w for w in _watchdogs if _overlaps(w[0], start, end)]
     if hits:
         last = hits[-1]
-        span.set_attributes({"lk_probe.rust_watchdog.task": last[2], "lk_probe.rust_watchdog.message_kind": last[3],
-                             "lk_probe.rust_watchdog.span_id": last[1], "lk_probe.rust_watchdog.count": len(hits)})
+        span.set_attributes({c.RUST_WATCHDOG_TASK: last[2], c.RUST_WATCHDOG_MESSAGE_KIND: last[3],
+                             c.RUST_WATCHDOG_SPAN_ID: last[1], c.RUST_WATCHDOG_COUNT: len(hits)})
 
 
 def reset() -> None:

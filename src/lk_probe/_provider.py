@@ -11,51 +11,58 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
 
-from . import __version__
 from ._config import Options
 from ._errors import guard, warn_once
 from ._ids import install_forcing
+from .version import __version__
 
 log = logging.getLogger("lk_probe")
 
 _lock = threading.RLock()
-_state: dict[str, Any] = {"explicit": None, "provider": None, "tracer": None, "built": False, "options": Options(),
-                          "active": False}
+
+
+@dataclass
+class _State:
+    explicit: Any = None  # the provider passed to install()
+    provider: Any = None  # the provider in use, once chosen
+    tracer: Any = None
+    built: bool = False  # lk_probe built the provider from OTEL_*
+    options: Options = field(default_factory=Options)
+    active: bool = False  # installed
+    health: list[HealthExporter] = field(default_factory=list)  # the exporters lk_probe built
+
+
+_state = _State()
 
 
 def configure(explicit_provider: Any, options: Options) -> None:
     with _lock:
-        if explicit_provider is not None and explicit_provider is not _state["explicit"]:
-            _state.update(provider=None, tracer=None)
-        _state["explicit"] = explicit_provider
-        _state["options"] = options
-        _state["active"] = True
+        if explicit_provider is not None and explicit_provider is not _state.explicit:
+            _state.provider = _state.tracer = None
+        _state.explicit = explicit_provider
+        _state.options = options
+        _state.active = True
 
 
 def reset() -> None:
+    global _state
     with _lock:
-        _state.update(explicit=None, provider=None, tracer=None, built=False, health=[], active=False)
+        _state = _State()
 
 
-_attached: "weakref.WeakSet[Any]" = weakref.WeakSet()  # ids could be reused by a later provider
+def options() -> Options:
+    """The options lk_probe was installed with (the defaults when it is not installed)."""
+    return _state.options
 
 
-def attach_processors(provider: Any) -> None:
-    """Add lk_probe's span hooks to an SDK provider once: the loop-block tie-in, then the crash journal (both inert
-    outside a job)."""
-    with _lock:
-        if provider in _attached or not hasattr(provider, "add_span_processor"):
-            return
-        _attached.add(provider)
-    from . import _journal, _loopblock
-
-    provider.add_span_processor(_loopblock.processor())
-    provider.add_span_processor(_journal.JournalProcessor())
+def current() -> Any:
+    """The provider lk_probe records into if it has been chosen already, else None (never builds one)."""
+    return _state.provider
 
 
 def _is_sdk(provider: Any) -> bool:
@@ -127,7 +134,7 @@ class HealthExporter:
 
 
 def exporters_healthy() -> bool:
-    return all(e.healthy for e in _state.get("health", ()))
+    return all(e.healthy for e in _state.health)
 
 
 def _otlp_exporter():
@@ -149,44 +156,44 @@ def _otlp_exporter():
     exporter = OTLPSpanExporter()
     label = getattr(exporter, "_endpoint", None) or proto
     wrapped = HealthExporter(exporter, str(label))
-    _state.setdefault("health", []).append(wrapped)
+    _state.health.append(wrapped)
     return wrapped
 
 
 def provider():
     """The provider lk_probe records into (created on first use)."""
     with _lock:
-        if _state["provider"] is not None:
-            return _state["provider"]
-        if not _state["active"]:  # uninstalled: a late event must not build (and globalise) a provider
+        if _state.provider is not None:
+            return _state.provider
+        if not _state.active:  # uninstalled: a late event must not build (and globalise) a provider
             return trace.NoOpTracerProvider()
-        options: Options = _state["options"]
-        chosen = _state["explicit"]
+        opts = _state.options
+        chosen = _state.explicit
         if chosen is None:
             glob = trace.get_tracer_provider()
             if _is_sdk(glob):
                 chosen = glob
         if chosen is None:
             with guard("provider.build"):
-                chosen = _build_from_env(options)
-                _state["built"] = True
-                if options.set_global_provider and not _is_sdk(trace.get_tracer_provider()):
+                chosen = _build_from_env(opts)
+                _state.built = True
+                if opts.set_global_provider and not _is_sdk(trace.get_tracer_provider()):
                     trace.set_tracer_provider(chosen)
         if chosen is None:
             chosen = trace.get_tracer_provider()
-        _state["provider"] = chosen
+        _state.provider = chosen
         return chosen
 
 
 def tracer():
     with _lock:
-        if not _state["active"]:
+        if not _state.active:
             return trace.NoOpTracer()
-        if _state["tracer"] is None:
+        if _state.tracer is None:
             t = provider().get_tracer("lk_probe", __version__)
             install_forcing(t)
-            _state["tracer"] = t
-        return _state["tracer"]
+            _state.tracer = t
+        return _state.tracer
 
 
 def sampled_root(trace_id: int, name: str = "job") -> bool:
@@ -229,10 +236,10 @@ async def flush_async(timeout_s: float | None = None) -> bool:
 
 def flush(timeout_s: float | None = None) -> bool:
     """Flush lk_probe's provider; returns within the bound whatever the exporter does (True: all exported)."""
-    p = _state["provider"]
+    p = _state.provider
     if p is None or not hasattr(p, "force_flush"):
         return True
-    t = timeout_s if timeout_s is not None else _state["options"].flush_timeout_s
+    t = timeout_s if timeout_s is not None else _state.options.flush_timeout_s
     if not exporters_healthy():
         t = min(t, 0.2)  # the collector is down: don't make the agent wait for it
     result: list[bool] = []

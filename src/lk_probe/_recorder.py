@@ -9,7 +9,6 @@ thread exports a ``stall`` record (span + WARNING log) as soon as the budget is 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import weakref
@@ -17,47 +16,15 @@ from dataclasses import dataclass
 from typing import Any, Hashable
 
 import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from . import _catalogue, _journal, _loopblock, _provider
+from . import _catalogue as c
+from . import _journal, _loopblock, _provider
 from ._errors import guard, guarded
+from ._redact import clean, clean_attributes
 
 log = logging.getLogger("lk_probe")
-
-_SECRETISH = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|(?<=[?&])[^\s\"'&#]*"
-                        r"|(?i:bearer)\s+\S+")
-
-
-def redact(value: str) -> str:
-    """Drop JWTs, bearer tokens and every URL query string from a string that leaves the process."""
-    if "eyJ" not in value and "?" not in value and "earer" not in value:
-        return value
-    out = _SECRETISH.sub("[redacted]", value)
-    return out.replace("?[redacted]", "")
-
-
-def redact_message(value: str) -> str:
-    """Error texts (rare, may quote URLs, headers or secrets): the thorough redaction of the Rust bridge."""
-    from ._rust import redact as rust_redact
-
-    return rust_redact.clean(redact(value))
-
-
-def clean_attributes(attrs: dict[str, Any] | None) -> dict[str, Any]:
-    if not attrs:
-        return {}
-    out: dict[str, Any] = {}
-    for k, v in attrs.items():
-        if v is None:
-            continue
-        if isinstance(v, str):
-            v = redact(v)
-        elif not isinstance(v, (bool, int, float)) and not (isinstance(v, (list, tuple))):
-            v = redact(str(v))
-        out[k] = v
-    return out
 
 
 @dataclass
@@ -70,6 +37,7 @@ class _Open:
     budget: float | None
     next_stall: float | None  # seconds since start at which the next stall record is due
     stalls: int = 0
+    inferred_from: str | None = None  # set for a phase whose boundaries were inferred, not logged
 
 
 _metrics_lock = threading.Lock()
@@ -83,9 +51,9 @@ def _metrics():
 
             meter = metrics.get_meter("lk_probe")
             _instruments["duration"] = meter.create_histogram(
-                "lk_probe.phase.duration", unit="s", description="Duration of lk_probe phases")
+                c.METRIC_PHASE_DURATION, unit="s", description="Duration of lk_probe phases")
             _instruments["outcome"] = meter.create_counter(
-                "lk_probe.phase.outcome", description="Ended lk_probe phases by outcome")
+                c.METRIC_PHASE_OUTCOME, description="Ended lk_probe phases by outcome")
         return _instruments
 
 
@@ -105,7 +73,7 @@ class Recorder:
     @guarded("recorder.start")
     def start(self, phase: str, key: Hashable, *, t: int | None = None, parent: Hashable | None = None,
               attributes: dict[str, Any] | None = None, context: Any = None) -> Span | None:
-        p = _catalogue.phase(phase)
+        p = c.phase(phase)
         t = t if t is not None else time.time_ns()
         with self._lock:
             if key in self._open or len(self._open) >= self.MAX_OPEN:
@@ -116,12 +84,12 @@ class Recorder:
                 ctx = self._open[parent].ctx
             else:
                 ctx = self._default_parent
-            attrs = {"lk_probe.phase": phase, **self.attributes, **clean_attributes(attributes)}
+            attrs = {c.PHASE: phase, **self.attributes, **clean_attributes(attributes)}
             span = _provider.tracer().start_span(phase, context=ctx, kind=p.kind, attributes=attrs, start_time=t)
-            budget = _catalogue.budget(phase)
+            budget = c.budget(phase)
             lag = (time.time_ns() - t) / 1e9
             self._open[key] = _Open(phase, span, trace.set_span_in_context(span), t, time.monotonic() - max(lag, 0),
-                                    budget, budget)
+                                    budget, budget, inferred_from=_inferred_from(attrs))
         return span
 
     @guarded("recorder.end")
@@ -147,12 +115,12 @@ class Recorder:
             # nothing open to carry it (a watchdog line or a Leave while simply connected): a zero-length span of
             # its own under the default parent, rather than dropping it
             holder = span = _provider.tracer().start_span(
-                "event", context=self._default_parent, kind=_catalogue.phase("event").kind, start_time=t,
-                attributes={"lk_probe.phase": "event", **self.attributes, "lk_probe.event": name})
+                "event", context=self._default_parent, kind=c.phase("event").kind, start_time=t,
+                attributes={c.PHASE: "event", **self.attributes, c.EVENT: name})
         attrs = clean_attributes(attributes)
-        if name == _loopblock.WATCHDOG_EVENT:
-            attrs.update(_loopblock.watchdog_seen(t, span, attrs.get("lk_probe.watchdog.task", ""),
-                                                  attrs.get("lk_probe.watchdog.message_kind")))
+        if name == c.EV_WATCHDOG:
+            attrs.update(_loopblock.watchdog_seen(t, span, attrs.get(c.WATCHDOG_TASK, ""),
+                                                  attrs.get(c.WATCHDOG_MESSAGE_KIND)))
         span.add_event(name, attrs, timestamp=t)
         j = _journal.active
         if j is not None and holder is None:
@@ -188,20 +156,15 @@ class Recorder:
 
     def set_attributes(self, key: Hashable, attributes: dict[str, Any]) -> None:
         with guard("recorder.set_attributes"):
-            s = self.span(key)
-            if s is not None:
+            with self._lock:
+                o = self._open.get(key)
+            if o is not None:
                 attrs = clean_attributes(attributes)
-                s.set_attributes(attrs)
+                o.span.set_attributes(attrs)
+                o.inferred_from = _inferred_from(attrs) or o.inferred_from
                 j = _journal.active
                 if j is not None:
-                    j.attributes(s, attrs)
-
-    def hold(self, key: Hashable, timeout: float) -> Span | None:
-        """Defer the end of phase ``key`` (its end time stays exact) until :meth:`_Holds.release` or ``timeout``."""
-        s = self.span(key)
-        if s is not None:
-            holds.hold(s, timeout)
-        return s
+                    j.attributes(o.span, attrs)
 
     def close_all(self, *, t: int | None = None, error_type: str | None = None, error_message: str | None = None,
                   attributes: dict[str, Any] | None = None) -> None:
@@ -220,15 +183,18 @@ class Recorder:
         outcome = "error" if error_type else "ok"
         attrs = clean_attributes(attributes)
         if error_type:
-            attrs["error.type"] = error_type
-        attrs.setdefault("lk_probe.outcome", outcome)
+            attrs[c.ERROR_TYPE] = error_type
+        attrs.setdefault(c.OUTCOME, outcome)
         span.set_attributes(attrs)
         if error_type:
-            span.set_status(Status(StatusCode.ERROR, redact_message(error_message or error_type)))
+            inferred = _inferred_from(attrs) or o.inferred_from
+            message = clean(error_message or error_type)
+            # an inferred phase says so where every UI shows it, next to the error
+            span.set_status(Status(StatusCode.ERROR, f"{message} (inferred: {inferred})" if inferred else message))
         holds.end(span, max(t, o.start_ns))
         with guard("recorder.metrics"):
             m = _metrics()
-            labels = {"lk_probe.phase": o.phase, "lk_probe.outcome": attrs["lk_probe.outcome"]}
+            labels = {c.PHASE: o.phase, c.OUTCOME: attrs[c.OUTCOME]}
             m["duration"].record(max(t - o.start_ns, 0) / 1e9, labels)
             m["outcome"].add(1, labels)
 
@@ -247,12 +213,26 @@ class Recorder:
         return due
 
 
+def _inferred_from(attrs: dict[str, Any]) -> str | None:
+    if not attrs.get(c.INFERRED):
+        return None
+    return str(attrs.get(c.INFERRED_FROM) or "records around it")
+
+
+def stall_span_name(phase: str) -> str:
+    """The name of a stall record's span: which phase stalled, in a form with one value per phase."""
+    return f"stall {phase}"
+
+
 def emit_stall(rec: Recorder, o: _Open, elapsed: float) -> None:
+    """A stall record: a span under the stalled phase covering the time it has been open so far, so a waterfall
+    draws a bar as long as the stall, exported at once while the phase itself is still open."""
     now = time.time_ns()
-    attrs = {"lk_probe.phase": "stall", **rec.attributes, "lk_probe.stall.phase": o.phase,
-             "lk_probe.stall.elapsed": round(elapsed, 3), "lk_probe.stall.budget": o.budget or 0.0,
-             "lk_probe.stall.count": o.stalls}
-    s = _provider.tracer().start_span("stall", context=o.ctx, attributes=attrs, start_time=now)
+    attrs = {c.PHASE: "stall", **rec.attributes, c.STALL_PHASE: o.phase, c.STALL_ELAPSED: round(elapsed, 3),
+             c.STALL_BUDGET: o.budget or 0.0, c.STALL_COUNT: o.stalls}
+    start = min(o.start_ns, now)
+    s = _provider.tracer().start_span(stall_span_name(o.phase), context=o.ctx, kind=c.phase("stall").kind,
+                                      attributes=attrs, start_time=start)
     s.end(end_time=now)
     log.warning("lk_probe: phase %s%s still open after %.1fs (budget %.1fs)", o.phase,
                 f" of job {rec.label}" if rec.label else "", elapsed, o.budget or 0.0)
@@ -327,7 +307,7 @@ class _Watchdog:
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._pid = None
+        self._pid: int | None = None
         self.enabled = True
 
     def add(self, rec: Recorder) -> None:
@@ -363,5 +343,12 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
-def current_context() -> Any:
-    return otel_context.get_current()
+def configure(*, stall_records: bool) -> None:
+    """At install: whether open phases past their budget export stall records."""
+    _watchdog.enabled = stall_records
+
+
+def shutdown() -> None:
+    """At uninstall: no more stall records, and every held span end is released now."""
+    _watchdog.enabled = False
+    holds.expire()

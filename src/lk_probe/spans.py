@@ -41,7 +41,8 @@ from typing import Any, NamedTuple, overload
 
 __all__ = ["SpanEvent", "SpanLink", "SpanRecord", "SpanSet"]
 
-PHASE_ATTRIBUTE = "lk_probe.phase"
+from ._catalogue import PHASE as PHASE_ATTRIBUTE  # noqa: E402
+from ._catalogue import STALL_COUNT as STALL_COUNT_ATTRIBUTE  # noqa: E402
 
 # OTLP enum values (opentelemetry/proto/trace/v1/trace.proto)
 _OTLP_KINDS = {0: "INTERNAL", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
@@ -358,12 +359,13 @@ class SpanSet(Sequence[SpanRecord]):
         """No span id twice, and no two spans with the same name, parent and start time."""
         problems: list[str] = []
         seen_id: dict[str, SpanRecord] = {}
-        seen_key: dict[tuple[str, str | None, int], SpanRecord] = {}
+        seen_key: dict[tuple[str, str | None, int, Any], SpanRecord] = {}
         for s in self._spans:
             if s.span_id in seen_id:
                 problems.append(f"  span_id {s.span_id} twice: {seen_id[s.span_id].name!r} and {s.name!r}")
             seen_id.setdefault(s.span_id, s)
-            key = (s.name, s.parent_id, s.start_ns)
+            # a phase's stall records all start with the phase: they differ by their number
+            key = (s.name, s.parent_id, s.start_ns, s.attributes.get(STALL_COUNT_ATTRIBUTE))
             if key in seen_key:
                 problems.append(f"  {s.name!r} twice under parent {s.parent_id} at start_ns={s.start_ns}")
             seen_key.setdefault(key, s)

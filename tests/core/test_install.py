@@ -14,7 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import lk_probe
 from lk_probe import _catalogue, _config, _ids, _patching, _provider
-from lk_probe._recorder import Recorder, _watchdog, redact
+from lk_probe._recorder import Recorder
+from lk_probe._redact import clean as redact
 from lk_probe.spans import SpanSet
 
 
@@ -141,18 +142,23 @@ def test_budget_crossing_exports_a_stall_record_while_the_phase_is_open(memory_p
     with caplog.at_level(logging.WARNING, logger="lk_probe"):
         rec.start("rtc.signal", "sig")
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and len(SpanSet(exporter.get_finished_spans()).named("stall")) < 2:
+        while time.monotonic() < deadline and len(SpanSet(exporter.get_finished_spans()).phases("stall")) < 2:
             time.sleep(0.02)
         open_while_stalled = rec.is_open("sig")
         rec.end("sig", error_type="timeout")
     spans = SpanSet(exporter.get_finished_spans())
-    stalls = spans.named("stall")
+    # all start with the phase (the longer, later record first in start order): in the order they were recorded
+    stalls = sorted(spans.phases("stall"), key=lambda s: s.end_ns)
     sig = spans.phase("rtc.signal")
     assert open_while_stalled
     assert [s.attributes["lk_probe.stall.count"] for s in stalls[:2]] == [1, 2]  # at 1× and 2× the budget
     assert all(s.parent_id == sig.span_id and s.attributes["lk_probe.stall.phase"] == "rtc.signal" for s in stalls)
+    assert {s.name for s in stalls} == {"stall rtc.signal"}
     first = stalls[0]
     assert 0.2 <= first.attributes["lk_probe.stall.elapsed"] < 0.5
+    # the record's bar covers the phase's time open so far: from the phase's start to the record
+    assert first.start_ns == sig.start_ns
+    assert abs(first.duration - first.attributes["lk_probe.stall.elapsed"]) < 0.05
     assert first.end < sig.end  # exported before the phase ended
     assert any("rtc.signal of job AJ_stall still open" in r.getMessage() for r in caplog.records)
 
@@ -161,14 +167,11 @@ def test_stall_records_can_be_switched_off(memory_provider, monkeypatch):
     provider, exporter = memory_provider
     monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "0.05")
     lk_probe.install(tracer_provider=provider, stall_records=False)
-    try:
-        rec = Recorder(None)
-        rec.start("rtc.signal", "sig")
-        time.sleep(0.3)
-        rec.end("sig")
-        assert not SpanSet(exporter.get_finished_spans()).named("stall")
-    finally:
-        _watchdog.enabled = True
+    rec = Recorder(None)
+    rec.start("rtc.signal", "sig")
+    time.sleep(0.3)
+    rec.end("sig")
+    assert not SpanSet(exporter.get_finished_spans()).phases("stall")
 
 
 def test_every_catalogue_phase_has_a_valid_parent_and_an_env_override():
@@ -235,5 +238,5 @@ def test_nothing_is_recorded_or_built_after_uninstall(memory_provider, monkeypat
     rec.start("rtc.reconnect", "late")  # a late room event
     rec.end("late")
     assert exporter.get_finished_spans() == ()
-    assert _provider._state["provider"] is None  # no provider was built from OTEL_* (nor made global)
+    assert _provider.current() is None  # no provider was built from OTEL_* (nor made global)
     assert trace.get_tracer_provider() is global_before

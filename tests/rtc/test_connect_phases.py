@@ -60,6 +60,15 @@ async def test_signal_upgrade_delayed_8s_once_fails_attempt_1_then_connects(lk_d
     assert 5.0 < took < 8.0
     fired = lk_double.events.of_kind("fault_fired", lambda e: e["name"] == "signal_upgrade_delay")
     assert len(fired) == 1 and abs(fired[0].t - s1.start) < 0.5
+    # stall records of the held signal connect (budget 2 s): bars from the phase's start to the record, ≈2 s and ≈4 s
+    # long, named after the phase, exported while rtc.signal was still open
+    stalls = sorted((s for s in spans.phases("stall") if s.parent_id == s1.span_id), key=lambda s: s.end_ns)
+    assert [s.name for s in stalls] == ["stall rtc.signal"] * 2
+    assert [s.attributes["lk_probe.stall.count"] for s in stalls] == [1, 2]
+    for stall, budget in zip(stalls, (2.0, 4.0)):
+        assert stall.start_ns == s1.start_ns
+        assert budget - 0.05 <= stall.duration < budget + 0.5, (budget, stall.duration)
+        assert stall.end < s1.end - 0.5
 
 
 async def test_v1_answered_404_falls_back_to_v0_in_the_same_attempt(lk_double, capspans, connected):

@@ -40,7 +40,7 @@ def probe(monkeypatch, otlp_receiver):
     lg.setLevel(logging.DEBUG)
     lk_probe.install()
     yield otlp_receiver, h
-    p = _provider._state.get("provider")
+    p = _provider.current()
     lk_probe.uninstall()
     if p is not None:
         p.shutdown()
@@ -59,7 +59,7 @@ async def test_signal_timeout_once_exported(lk_double, probe):
         await asyncio.sleep(0.3)
     finally:
         await room.disconnect()
-    p = _provider._state.get("provider")
+    p = _provider.current()
     if p is not None:
         p.force_flush()
     await asyncio.to_thread(rx.wait_for, lambda s: s.phase == "rtc.attempt" and

@@ -9,7 +9,7 @@ import re
 import jwt
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from lk_probe._rust import redact
+from lk_probe import _redact as redact
 from lk_probe._rust.machine import EngineMachine
 from lk_probe._rust.records import parse
 from lk_probe._sink import ListSink

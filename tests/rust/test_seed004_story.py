@@ -9,6 +9,7 @@ from opentelemetry import trace
 from replay import load
 
 from lk_probe import _journal, _provider
+from lk_probe._patches.job import attach_processors
 from lk_probe._ids import job_parent_context
 from lk_probe._recorder import Recorder
 from lk_probe._rust.machine import EngineMachine
@@ -19,8 +20,8 @@ def test_seed004_migration_resume_never_recovers_then_kill_9(capspans, tmp_path)
     meta, rows = load("transcribed-1.1.2-seed004-migration.jsonl")
     job_ctx = job_parent_context("AJ_m4tsujv4U4Fs", 1)
     path = str(tmp_path / "AJ_m4tsujv4U4Fs.1.jsonl")
-    _provider.attach_processors(capspans.provider)
-    _journal.active = _journal.Journal(path)
+    attach_processors(capspans.provider)
+    _journal.active = _journal.Journal(path)  # the journal of this job, at the path the test chose
     try:
         rec = Recorder(job_ctx, attributes={"lk.job_id": "AJ_m4tsujv4U4Fs"}, label="AJ_m4tsujv4U4Fs")
         m = EngineMachine(rec, version=meta["livekit"])
@@ -33,11 +34,10 @@ def test_seed004_migration_resume_never_recovers_then_kill_9(capspans, tmp_path)
         assert not capspans.spans.named("rtc.reconnect")  # still open when the process is killed
         t_death = rows[-1]["t"] + 10_000_000_000
     finally:
-        _journal.active.close()
-        _journal.active = None
+        _journal.end_job(done=False)
 
     # the worker sees the process exit with -9 and exports what the journal says was open
-    assert _journal.export_open(path, t_death=t_death, cause="SIGKILL") == 2
+    assert _journal.export_open(path, _provider.tracer(), t_death=t_death, cause="SIGKILL") == 2
     spans = capspans.spans
     ep = spans.phase("rtc.reconnect")
     (att,) = spans.phases("rtc.reconnect.attempt")

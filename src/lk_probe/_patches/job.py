@@ -10,22 +10,24 @@ in the worker's trace.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import multiprocessing
 import os
 import time
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from .. import _journal, _provider
+from .. import _catalogue as c
+from .. import _journal, _loopblock, _provider, _scope
 from .._errors import guard
 from .._ids import job_parent_context, trace_id_for
 from .._patching import wrap
-from .._recorder import HoldableSpan, Recorder, holds
+from .._recorder import HoldableSpan, Recorder
+from .._redact import clean
 
 POOL_MOD = "livekit.agents.ipc.proc_pool"
 LAZY_MOD = "livekit.agents.ipc.job_proc_lazy_main"
@@ -33,23 +35,25 @@ JOB_MOD = "livekit.agents.job"
 TRACES_MOD = "livekit.agents.telemetry.traces"
 
 
+@dataclass(frozen=True)
+class _Prewarm:
+    """The job process's start and prewarm, timed before any job is known (emitted into the first job's trace)."""
+
+    start_ns: int
+    end_ns: int
+    pid: int
+
+
 @dataclass
-class ConnectScope:
-    """Set while JobContext.connect runs; Room.connect nests its phases under ``span`` (ours or agents')."""
+class _ProcessState:
+    """What this module keeps per process: the install options handed to job processes and the prewarm timing."""
 
-    job_rec: Recorder | None
-    span: Any = None
-
-
-connect_scope: contextvars.ContextVar[ConnectScope | None] = contextvars.ContextVar("lk_probe_connect", default=None)
-
-_state: dict[str, Any] = {"prewarm": None, "options": {}}
-# per job, not per process: the thread executor runs several jobs in one process
-_job_rec: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("lk_probe_job_rec", default=None)
+    options: dict[str, Any]
+    install: Callable[..., None] | None = None
+    prewarm: _Prewarm | None = None
 
 
-def job_recorder() -> Recorder | None:
-    return _job_rec.get()
+_proc = _ProcessState(options={})
 
 
 def in_job_process() -> bool:
@@ -66,36 +70,50 @@ def _agents_has_room_connect_span() -> bool:
         return False
 
 
+_attached: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def attach_processors(provider: Any) -> None:
+    """Add lk_probe's span hooks to an SDK provider once: the loop-block tie-in, then the crash journal (both inert
+    outside a job)."""
+    if provider in _attached or not hasattr(provider, "add_span_processor"):
+        return
+    _attached.add(provider)
+    provider.add_span_processor(_loopblock.processor())
+    provider.add_span_processor(_journal.JournalProcessor())
+
+
 # ------------------------------------------------------------------------------------------------ child bootstrap
 
 
-def _child_init(original: Any, options: dict[str, Any], proc: Any) -> Any:
-    """Runs in the job process as its initialize_process_fnc (pickled by reference from the worker)."""
+def _child_init(original: Any, options: dict[str, Any], install: Callable[..., None], proc: Any) -> Any:
+    """Runs in the job process as its initialize_process_fnc (pickled by reference from the worker): ``install`` is
+    lk_probe's public install function, handed over by the worker."""
     t0 = time.time_ns()
     with guard("job.child_init"):
         if in_job_process():
-            import lk_probe
-
-            lk_probe.install(**options)
+            install(**options)
             _warm_up()
     try:
         return original(proc)
     finally:
-        _state["prewarm"] = (t0, time.time_ns(), os.getpid())
+        _proc.prewarm = _Prewarm(t0, time.time_ns(), os.getpid())
 
 
 def _warm_up() -> None:
     """Build the provider and import what a job needs now, during prewarm, not on the job's critical path."""
     _provider.tracer()
-    _provider.attach_processors(_provider.provider())
+    attach_processors(_provider.provider())
     from .._rust import machine  # noqa: F401  (imported by the first Room.connect otherwise)
 
 
 def _pool_init(wrapped, instance, args, kwargs):
     with guard("job.pool_init"):
         fnc = kwargs.get("initialize_process_fnc")
-        if fnc is not None and not (isinstance(fnc, functools.partial) and fnc.func is _child_init):
-            kwargs["initialize_process_fnc"] = functools.partial(_child_init, fnc, dict(_state["options"]))
+        if fnc is not None and _proc.install is not None and not (
+                isinstance(fnc, functools.partial) and fnc.func is _child_init):
+            kwargs["initialize_process_fnc"] = functools.partial(_child_init, fnc, dict(_proc.options),
+                                                                 _proc.install)
     return wrapped(*args, **kwargs)
 
 
@@ -104,32 +122,30 @@ def _pool_init(wrapped, instance, args, kwargs):
 
 def _start_job(wrapped, instance, args, kwargs):
     ctx = None
-    rec = None
+    scope = None
     with guard("job.start"):
         msg = args[0] if args else kwargs["msg"]
         job = msg.running_job.job
         sampled = _provider.sampled_root(trace_id_for(job.id))
         ctx = job_parent_context(job.id, job.state.started_at, sampled=sampled)
-        _provider.attach_processors(_provider.provider())
+        attach_processors(_provider.provider())
         if in_job_process():  # one job per process: the crash journal is the process's (not in the thread executor)
             with guard("job.journal_open"):
-                if _journal.active is not None:
-                    _journal.active.close()
-                _journal.active = _journal.Journal(_journal.path_for(job.id, os.getpid()))
-        rec = Recorder(ctx, attributes={"lk.job_id": job.id}, label=job.id)
-        pre = _state.get("prewarm")
+                _journal.open_for_job(job.id, os.getpid())
+        rec = Recorder(ctx, attributes={c.JOB_ID: job.id}, label=job.id)
+        scope = _scope.JobScope(job.id, rec, _provider.options())
+        pre = _proc.prewarm
         if pre is not None:
-            t0, t1, pid = pre
-            rec.start("process.prewarm", "process.prewarm", t=t0, attributes={"process.pid": pid})
-            rec.end("process.prewarm", t=t1)
-    if ctx is None or rec is None:
+            rec.start("process.prewarm", "process.prewarm", t=pre.start_ns, attributes={c.PROCESS_PID: pre.pid})
+            rec.end("process.prewarm", t=pre.end_ns)
+    if ctx is None or scope is None:
         return wrapped(*args, **kwargs)
     token = otel_context.attach(ctx)  # the job task created inside inherits both
-    rec_token = _job_rec.set(rec)
+    scope_token = _scope.current.set(scope)
     try:
         return wrapped(*args, **kwargs)
     finally:
-        _job_rec.reset(rec_token)
+        _scope.current.reset(scope_token)
         otel_context.detach(token)
 
 
@@ -138,25 +154,12 @@ async def _run_job_task(wrapped, instance, args, kwargs):
         return await wrapped(*args, **kwargs)
     finally:
         with guard("job.end"):
-            _close_job_phases()
-            if in_job_process():
-                j, _journal.active = _journal.active, None
-                if j is not None:  # the worker reads `done` (and removes the file) when the process ends
-                    j.done()
-                    j.close()
+            scope = _scope.current.get()
+            if scope is not None:
+                scope.close()
+            if in_job_process():  # the worker reads `done` (and removes the file) when the process ends
+                _journal.end_job(done=True)
             await _provider.flush_async()
-
-
-def _close_job_phases() -> None:
-    """End what the job left open: a connect span waiting for its ICE pair (at its own end time), lk_probe's job
-    phases and the engine phases of the job's rooms (a connect or resume still running). Idempotent."""
-    holds.expire()
-    rec = _job_rec.get()
-    if rec is not None:
-        rec.close_all(error_type="incomplete", error_message="still open when the job ended")
-        from . import room
-
-        room.close_job_rooms(rec, error_type="incomplete", error_message="still open when the job ended")
 
 
 def _on_cleanup(wrapped, instance, args, kwargs):
@@ -170,90 +173,80 @@ def _on_cleanup(wrapped, instance, args, kwargs):
         if not inspect.iscoroutinefunction(wrapped):
             traces = sys.modules.get(TRACES_MOD)
             held = getattr(getattr(traces, "tracer", None), "_tracer_provider", None)
-            if held is not None and held is _provider._state.get("provider"):
-                _close_job_phases()
+            scope = _scope.current.get()
+            if held is not None and held is _provider.current() and scope is not None:
+                scope.close()
                 _provider.flush(1.0)
     return wrapped(*args, **kwargs)
 
 
 async def _ctx_connect(wrapped, instance, args, kwargs):
-    if connect_scope.get() is not None or getattr(instance, "_connected", False):
+    job = _scope.current.get()
+    if (job is not None and job.connect is not None) or getattr(instance, "_connected", False):
         return await wrapped(*args, **kwargs)
-    scope = ConnectScope(_job_rec.get())
-    token = connect_scope.set(scope)
+    connect = _scope.ConnectScope()
+    if job is None:  # lk_probe was installed after the job started: a connect scope with no job behind it
+        job = _scope.JobScope("", None, _provider.options())
+    token = _scope.current.set(job.with_connect(connect))
     own_span = None
     ctx_token = None
     try:
         with guard("job.connect_start"):
             if not _agents_has_room_connect_span():
-                rec = scope.job_rec
                 info = getattr(instance, "_info", None)
-                attrs = _server_attrs(getattr(info, "url", "") or "")
-                if rec is not None:
+                attrs = _scope.server_attributes(getattr(info, "url", "") or "")
+                if job.recorder is not None:
                     # under whatever is current: the entrypoint span when the user's entrypoint connects
-                    own_span = rec.start("job.connect", "job.connect", attributes=attrs,
-                                         context=otel_context.get_current())
+                    own_span = job.recorder.start("job.connect", "job.connect", attributes=attrs,
+                                                  context=otel_context.get_current())
                 else:
                     own_span = _provider.tracer().start_span("job.connect", attributes={
-                        "lk_probe.phase": "job.connect", **attrs})
+                        c.PHASE: "job.connect", **attrs})
                 if own_span is not None:
-                    scope.span = own_span
+                    connect.span = own_span
                     ctx_token = otel_context.attach(trace.set_span_in_context(own_span))
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as e:
             with guard("job.connect_failed"):
-                _end_connect(scope, own_span, error=e)
+                _end_connect(job.recorder, own_span, error=e)
             raise
         with guard("job.connect_end"):
-            _end_connect(scope, own_span, error=None)
+            _end_connect(job.recorder, own_span, error=None)
         return result
     finally:
         if ctx_token is not None:
             otel_context.detach(ctx_token)
-        connect_scope.reset(token)
+        _scope.current.reset(token)
 
 
-def _end_connect(scope: ConnectScope, own_span: Any, error: BaseException | None) -> None:
+def _end_connect(rec: Recorder | None, own_span: Any, error: BaseException | None) -> None:
     if own_span is None:
         return
     kw: dict[str, Any] = {}
     if error is not None:
-        kw = {"error_type": "cancelled" if isinstance(error, asyncio.CancelledError) else type(error).__name__,
+        kw = {"error_type": c.ERR_CANCELLED if isinstance(error, asyncio.CancelledError) else type(error).__name__,
               "error_message": str(error)}
-    if scope.job_rec is not None and scope.job_rec.is_open("job.connect"):
-        scope.job_rec.end("job.connect", **kw)
+    if rec is not None and rec.is_open("job.connect"):
+        rec.end("job.connect", **kw)
     else:
         from opentelemetry.trace import Status, StatusCode
 
         if error is not None:
-            from .._recorder import redact
-
-            own_span.set_status(Status(StatusCode.ERROR, redact(kw["error_message"] or kw["error_type"])))
-            own_span.set_attribute("error.type", kw["error_type"])
+            own_span.set_status(Status(StatusCode.ERROR, clean(kw["error_message"] or kw["error_type"])))
+            own_span.set_attribute(c.ERROR_TYPE, kw["error_type"])
         own_span.end()
-
-
-def _server_attrs(url: str) -> dict[str, Any]:
-    from urllib.parse import urlsplit
-
-    try:
-        u = urlsplit(url)
-        port = u.port or (443 if u.scheme in ("wss", "https") else 80)
-        return {"server.address": u.hostname, "server.port": port}
-    except ValueError:
-        return {}
 
 
 def _agents_start_span(wrapped, instance, args, kwargs):
     span = wrapped(*args, **kwargs)
     with guard("job.capture_room_connect"):
         name = args[0] if args else kwargs.get("name")
-        scope = connect_scope.get()
-        if name == "room_connect" and scope is not None and scope.span is None:
+        job = _scope.current.get()
+        if name == "room_connect" and job is not None and job.connect is not None and job.connect.span is None:
             # its end can then be held for the ICE pair read after the connect (see _recorder.holds)
             span = HoldableSpan(span)
-            scope.span = span
+            job.connect.span = span
     return span
 
 
@@ -270,8 +263,10 @@ def _forkserver_preload(wrapped, instance, args, kwargs):
     return wrapped(names)
 
 
-def instrument(options: dict[str, Any]) -> None:
-    _state["options"] = options
+def instrument(options: dict[str, Any], install: Callable[..., None]) -> None:
+    """``install`` is lk_probe's public install function: each job process calls it with ``options`` at prewarm."""
+    _proc.options = options
+    _proc.install = install
     wrap("multiprocessing.context", "BaseContext.set_forkserver_preload", _forkserver_preload, required=False)
     wrap(POOL_MOD, "ProcPool.__init__", _pool_init, feature="lk_probe in job processes")
     wrap(LAZY_MOD, "_JobProc._start_job", _start_job, feature="one trace per job")
@@ -283,7 +278,5 @@ def instrument(options: dict[str, Any]) -> None:
 
 
 def reset() -> None:
-    _state.update(prewarm=None)
-    if _journal.active is not None:
-        _journal.active.close()
-        _journal.active = None
+    _proc.prewarm = None
+    _journal.end_job(done=False)

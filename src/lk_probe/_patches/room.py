@@ -11,45 +11,57 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from .. import _catalogue as c
+from .. import _provider, _scope
 from .._errors import guard, warn_once
 from .._patching import wrap
 from .._recorder import Recorder, holds
-from . import job as job_patch
 
 RTC_ROOM_MOD = "livekit.rtc.room"
 
+
+@dataclass(eq=False)
+class RoomTrace:
+    """One ``Room.connect`` and what follows it: the recorder of the room's engine phases, the machine fed by the
+    Rust records, and where things go once connected."""
+
+    recorder: Recorder
+    machine: Any  # the EngineMachine, or None when the bridge is unavailable
+    own_span: Any  # lk_probe's rtc.connect for a plain rtc user; None inside a job's connect
+    session_ctx: Any  # where reconnect episodes go after the connect: the job, or what was current at connect time
+    connect_span: Any  # the span the ICE pair goes on: ours, lk_probe's job.connect or agents' room_connect
+    closed: bool = False  # the connect failed or the room disconnected: records and events no longer go here
+
+    def close(self, *, error_type: str, error_message: str) -> None:
+        """End the engine phases this room left open (its job ended during a connect or a resume)."""
+        self.recorder.close_all(error_type=error_type, error_message=error_message)
+
+
 _lock = threading.Lock()
-_machines: list[tuple[weakref.ref, Any]] = []  # (room, EngineMachine), newest last
-_MAX_MACHINES = 16
+_rooms: list[tuple[weakref.ref, RoomTrace]] = []  # newest last
+_MAX_ROOMS = 16
+_listening: "weakref.WeakKeyDictionary[Any, RoomTrace]" = weakref.WeakKeyDictionary()
 
 
 def active_machine() -> Any:
+    """The machine the Rust records go to: that of the newest Room still connecting or connected."""
     with _lock:
-        while _machines and (_machines[-1][0]() is None or getattr(_machines[-1][1], "_lk_probe_closed", False)):
-            _machines.pop()
-        return _machines[-1][1] if _machines else None
+        while _rooms and (_rooms[-1][0]() is None or _rooms[-1][1].closed):
+            _rooms.pop()
+        return _rooms[-1][1].machine if _rooms else None
 
 
-_recorders: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
-
-
-def close_job_rooms(job_rec: Recorder, *, error_type: str, error_message: str) -> None:
-    """End the engine phases the rooms of this job left open (a connect or resume still running at its end)."""
-    for rec in list(_recorders):
-        if getattr(rec, "job_rec", None) is job_rec:
-            rec.close_all(error_type=error_type, error_message=error_message)
-
-
-def _register(room: Any, machine: Any) -> None:
+def _register(room: Any, rt: RoomTrace) -> None:
     with _lock:
-        _machines[:] = [(r, m) for r, m in _machines if r() is not None and r() is not room]
-        _machines.append((weakref.ref(room), machine))
-        del _machines[:-_MAX_MACHINES]
+        _rooms[:] = [(r, t) for r, t in _rooms if r() is not None and r() is not room]
+        _rooms.append((weakref.ref(room), rt))
+        del _rooms[:-_MAX_ROOMS]
 
 
 def _rtc_version() -> str:
@@ -72,71 +84,69 @@ def _new_machine(rec: Recorder) -> Any:
 
 
 async def _room_connect(wrapped, instance, args, kwargs):
-    state = None
+    rt = None
     with guard("room.connect_start"):
-        state = _begin(instance, args, kwargs)
+        rt = _begin(instance, args, kwargs)
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as e:
         with guard("room.connect_failed"):
-            if state is not None:
-                _finish(instance, state, error=e)
+            if rt is not None:
+                _finish(instance, rt, error=e)
         raise
     with guard("room.connect_done"):
-        if state is not None:
-            _finish(instance, state, error=None)
+        if rt is not None:
+            _finish(instance, rt, error=None)
     return result
 
 
-def _begin(room: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+def _begin(room: Any, args: tuple, kwargs: dict) -> RoomTrace:
     url = args[0] if args else kwargs.get("url", "")
     t = time.time_ns()
-    scope = job_patch.connect_scope.get()
+    job = _scope.current.get()
+    connect = job.connect if job is not None else None
+    job_rec = job.recorder if job is not None else None
     ambient = otel_context.get_current()
-    attrs = job_patch._server_attrs(url or "")
-    job_rec = scope.job_rec if scope is not None else job_patch.job_recorder()
     common = dict(job_rec.attributes) if job_rec is not None else {}
-    if scope is not None:
-        parent_ctx = trace.set_span_in_context(scope.span) if scope.span is not None else ambient
-        rec = Recorder(parent_ctx, attributes=common, label=getattr(job_rec, "label", ""))
+    label = job_rec.label if job_rec is not None else ""
+    if connect is not None:  # inside a job's connect: under its span (ours or agents'), no span of our own
+        parent_ctx = trace.set_span_in_context(connect.span) if connect.span is not None else ambient
+        rec = Recorder(parent_ctx, attributes=common, label=label)
         own = None
     else:
-        rec = Recorder(ambient, attributes=common, label=getattr(job_rec, "label", ""))
-        own = rec.start("rtc.connect", "rtc.connect", t=t, attributes=attrs)
+        rec = Recorder(ambient, attributes=common, label=label)
+        own = rec.start("rtc.connect", "rtc.connect", t=t, attributes=_scope.server_attributes(url or ""))
         rec.set_default_parent(rec.context("rtc.connect"))
-    rec.job_rec = job_rec  # type: ignore[attr-defined]  (close_job_rooms: the job's end closes what is open)
-    _recorders.add(rec)
     machine = _new_machine(rec)
+    rt = RoomTrace(rec, machine, own,
+                   session_ctx=job_rec.default_parent if job_rec is not None else ambient,
+                   connect_span=own if own is not None else (connect.span if connect is not None else None))
+    if job is not None:
+        job.own(rt)  # the job's end closes what the room left open
     if machine is not None:
-        _register(room, machine)
+        _register(room, rt)
         machine.connect_started(t, url or "")
-    # after the connect, reconnect episodes belong to the job (or to whatever was current at connect time)
-    session_ctx = job_rec.default_parent if job_rec is not None else ambient
-    # the connect span the ICE pair goes on: ours, or the job's (lk_probe's job.connect or agents' room_connect)
-    connect_span = own if own is not None else (scope.span if scope is not None else None)
-    return {"rec": rec, "own": own, "machine": machine, "session_ctx": session_ctx, "connect_span": connect_span}
+    return rt
 
 
-def _finish(room: Any, state: dict[str, Any], error: BaseException | None) -> None:
+def _finish(room: Any, rt: RoomTrace, error: BaseException | None) -> None:
     t = time.time_ns()
-    rec: Recorder = state["rec"]
-    machine = state["machine"]
     err_text = None if error is None else (str(error) or type(error).__name__)
-    if machine is not None:
-        machine.connect_finished(t, err_text)
+    if rt.machine is not None:
+        rt.machine.connect_finished(t, err_text)
     if error is None:
-        _read_ice_pair_later(room, state["connect_span"])
-    if state["own"] is not None:
+        _read_ice_pair_later(room, rt.connect_span)
+    if rt.own_span is not None:
         if error is None:
-            rec.end("rtc.connect", t=t)
+            rt.recorder.end("rtc.connect", t=t)
         else:
-            rec.end("rtc.connect", t=t, error_type=_connect_error_type(error), error_message=err_text)
+            rt.recorder.end("rtc.connect", t=t, error_type=_connect_error_type(error), error_message=err_text)
     if error is None:
-        rec.set_default_parent(state["session_ctx"])
-        if machine is not None:
-            _listen(room, machine)
-    elif machine is not None:
-        machine._lk_probe_closed = True
+        rt.recorder.set_default_parent(rt.session_ctx)
+        if rt.machine is not None:
+            _listen(room, rt)
+    else:
+        rt.closed = True
 
 
 ICE_STATS_TIMEOUT = 2.0  # the longest a connect span's end is held for the ICE pair
@@ -145,10 +155,7 @@ _ice_tasks: set[Any] = set()
 
 def _read_ice_pair_later(room: Any, span: Any) -> None:
     """Hold the connect span's end (its end time stays exact) and read the selected pairs on a task of their own."""
-    from .. import _provider
-
-    opts = _provider._state.get("options")
-    if span is None or not getattr(opts, "ice_stats", True) or not span.is_recording():
+    if span is None or not _provider.options().ice_stats or not span.is_recording():
         return
     import asyncio
 
@@ -171,18 +178,18 @@ async def _read_ice_pair(room: Any, span: Any) -> None:
                 try:
                     stats = await asyncio.wait_for(room.get_rtc_stats(), max(deadline - time.monotonic(), 0.05))
                 except (asyncio.TimeoutError, RuntimeError) as e:  # slow FFI answer, or the room already left
-                    attrs = {"lk_probe.ice.unavailable": type(e).__name__}
+                    attrs = {c.ICE_UNAVAILABLE: type(e).__name__}
                     break
                 attrs = ice_pair_attributes(stats)
                 if attrs:
                     break
                 if time.monotonic() + delay > deadline:
-                    attrs = {"lk_probe.ice.unavailable": "no_selected_pair"}
+                    attrs = {c.ICE_UNAVAILABLE: "no_selected_pair"}
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.4)
     except asyncio.CancelledError:  # the job ended (or the loop closed) before a pair was selected
-        attrs = attrs or {"lk_probe.ice.unavailable": "cancelled"}
+        attrs = attrs or {c.ICE_UNAVAILABLE: "cancelled"}
         raise
     finally:
         holds.release(span, attrs)
@@ -232,12 +239,11 @@ def ice_pair_attributes(stats: Any) -> dict[str, Any]:
         if local is None or remote is None:
             continue
         lt, rt = _enum_name(local, "candidate_type"), _enum_name(remote, "candidate_type")
-        prefix = f"lk_probe.ice.{pc}."
-        out[prefix + "local_candidate_type"] = lt
-        out[prefix + "remote_candidate_type"] = rt
-        out[prefix + "protocol"] = (local.protocol or remote.protocol or "").lower()
-        out[prefix + "relayed"] = "relay" in (lt, rt)
-        out[prefix + "rtt_ms"] = round(pair.current_round_trip_time * 1000.0, 3)
+        out[c.ice_attribute(pc, "local_candidate_type")] = lt
+        out[c.ice_attribute(pc, "remote_candidate_type")] = rt
+        out[c.ice_attribute(pc, "protocol")] = (local.protocol or remote.protocol or "").lower()
+        out[c.ice_attribute(pc, "relayed")] = "relay" in (lt, rt)
+        out[c.ice_attribute(pc, "rtt_ms")] = round(pair.current_round_trip_time * 1000.0, 3)
     return out
 
 
@@ -245,7 +251,7 @@ def _connect_error_type(error: BaseException) -> str:
     import asyncio
 
     if isinstance(error, asyncio.CancelledError):
-        return "cancelled"
+        return c.ERR_CANCELLED
     text = str(error).lower()
     for needle, kind in (("timed out", "timeout"), ("timeout", "timeout"), ("401", "auth"), ("403", "auth"),
                          ("404", "http_404"), ("refused", "refused"), ("region", "region_fetch")):
@@ -258,16 +264,18 @@ _EVENTS = ("reconnecting", "reconnected", "disconnected", "moved", "participant_
            "local_track_republished", "connection_state_changed")
 
 
-def _listen(room: Any, machine: Any) -> None:
-    if getattr(room, "_lk_probe_listening", None) is machine:
-        return
-    room._lk_probe_listening = machine
+def _listen(room: Any, rt: RoomTrace) -> None:
+    """Feed the room's events to the machine of its latest connect (listeners of an earlier connect go quiet)."""
+    with _lock:
+        if _listening.get(room) is rt:
+            return
+        _listening[room] = rt
+    machine = rt.machine
 
     def handler(name: str):
         def on_event(*args: Any) -> None:
             with guard("room.event"):
-                if getattr(room, "_lk_probe_listening", None) is not machine or getattr(
-                        machine, "_lk_probe_closed", False) and name != "disconnected":
+                if _listening.get(room) is not rt or rt.closed and name != "disconnected":
                     return
                 data: dict[str, Any] = {}
                 if name == "disconnected" and args:
@@ -279,7 +287,7 @@ def _listen(room: Any, machine: Any) -> None:
                 machine.room_event(name, time.time_ns(), **data)
                 if name == "disconnected":
                     machine.closed(time.time_ns())
-                    machine._lk_probe_closed = True
+                    rt.closed = True
 
         return on_event
 
@@ -295,15 +303,13 @@ def instrument() -> None:
         except ImportError as e:
             warn_once("no-bridge", "lk_probe: the Rust record bridge is unavailable (%s)", e)
             return
-        from .. import _provider
-
-        bridge.install(active_machine, capture_debug=_provider._state["options"].capture_rust_debug)
+        bridge.install(active_machine, capture_debug=_provider.options().capture_rust_debug)
 
 
 def uninstrument() -> None:
     with _lock:
-        for _, m in _machines:  # Room.on listeners stay registered but go quiet (they check this flag)
-            m._lk_probe_closed = True
+        for _, rt in _rooms:  # Room.on listeners stay registered but go quiet (they check this flag)
+            rt.closed = True
     with guard("room.bridge_uninstall"):
         try:
             from .._rust import bridge
@@ -311,4 +317,4 @@ def uninstrument() -> None:
             return
         bridge.uninstall()
     with _lock:
-        _machines.clear()
+        _rooms.clear()

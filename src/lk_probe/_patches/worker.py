@@ -16,6 +16,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
+from .. import _catalogue as c
 from .. import _journal, _provider
 from .._errors import guard
 from .._ids import forced_ids, root_span_id_for, trace_id_for
@@ -36,7 +37,7 @@ class _JobTrace:
     def __init__(self, job: Any, t: int, worker: Any) -> None:
         self.job_id: str = job.id
         # an empty context: the job span is a root whatever happens to be current in the worker
-        self.rec = Recorder(otel_context.Context(), attributes={"lk.job_id": job.id}, label=job.id)
+        self.rec = Recorder(otel_context.Context(), attributes={c.JOB_ID: job.id}, label=job.id)
         self.answered = False
         self.request_seen = False
         self.worker = worker
@@ -61,21 +62,21 @@ def _server_class_path() -> str | None:
 def _worker_state(worker: Any) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     with guard("worker.state"):
-        attrs["lk.job.worker_id"] = getattr(worker, "id", None) or getattr(worker, "_id", None)
+        attrs[c.WORKER_ID] = getattr(worker, "id", None) or getattr(worker, "_id", None)
         load = getattr(worker, "_worker_load", None)
         if load is not None:
-            attrs["lk_probe.worker.load"] = float(load)
-        attrs["lk_probe.worker.status"] = _last_status.get(id(worker), "WS_AVAILABLE")
+            attrs[c.WORKER_LOAD] = float(load)
+        attrs[c.WORKER_STATUS] = _last_status.get(id(worker), "WS_AVAILABLE")
         jobs = getattr(worker, "active_jobs", None)
         if jobs is not None:
-            attrs["lk_probe.worker.active_jobs"] = len(jobs)
+            attrs[c.WORKER_ACTIVE_JOBS] = len(jobs)
         pool = getattr(worker, "_proc_pool", None)
         q = getattr(pool, "_warmed_proc_queue", None)
         if q is not None:
-            attrs["lk_probe.worker.idle_processes"] = q.qsize()
+            attrs[c.WORKER_IDLE_PROCESSES] = q.qsize()
         threshold = _threshold(worker)
         if threshold is not None:
-            attrs["lk_probe.worker.load_threshold"] = threshold
+            attrs[c.WORKER_LOAD_THRESHOLD] = threshold
     return attrs
 
 
@@ -92,18 +93,18 @@ def _threshold(worker: Any) -> float | None:
 
 
 def _job_attributes(job: Any) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"lk.job_id": job.id}
+    attrs: dict[str, Any] = {c.JOB_ID: job.id}
     with guard("worker.job_attributes"):
-        attrs["lk.dispatch_id"] = job.dispatch_id or None
-        attrs["lk.room_sid"] = job.room.sid or None
-        attrs["lk.pii.room_name"] = job.room.name or None
-        attrs["lk.agent_name"] = job.agent_name or None
+        attrs[c.DISPATCH_ID] = job.dispatch_id or None
+        attrs[c.ROOM_SID] = job.room.sid or None
+        attrs[c.ROOM_NAME] = job.room.name or None
+        attrs[c.AGENT_NAME] = job.agent_name or None
         started = int(job.state.started_at or 0)
         if started:
-            attrs["lk_probe.job.server_sent_at"] = started
+            attrs[c.JOB_SERVER_SENT_AT] = started
         created_ms = int(getattr(job.room, "creation_time_ms", 0) or 0) or int(job.room.creation_time or 0) * 1000
         if created_ms:
-            attrs["lk_probe.room.created_at"] = created_ms * 1_000_000
+            attrs[c.ROOM_CREATED_AT] = created_ms * 1_000_000
     return attrs
 
 
@@ -120,7 +121,7 @@ def _handle_availability(wrapped, instance, args, kwargs):
             _jobs.pop(next(iter(_jobs))).rec.close_all(error_type="evicted")
         jt = _JobTrace(job, t, instance)
         attrs = {**_job_attributes(job), **_worker_state(instance),
-                 "lk_probe.job.resuming": bool(getattr(msg, "resuming", False))}
+                 c.JOB_RESUMING: bool(getattr(msg, "resuming", False))}
         with forced_ids(trace_id_for(job.id), root_span_id_for(job.id, job.state.started_at)):
             jt.rec.start("job", "job", t=t, parent=None, attributes=attrs)
         job_ctx = jt.rec.context("job")
@@ -160,12 +161,12 @@ def _on_answer(av: Any) -> None:
     jt.answered = True
     t = time.time_ns()
     if av.available:
-        jt.rec.end("job.availability", t=t, attributes={"lk_probe.available": True, "lk_probe.outcome": "accepted"})
+        jt.rec.end("job.availability", t=t, attributes={c.AVAILABLE: True, c.OUTCOME: "accepted"})
         jt.rec.start("job.assignment", "job.assignment", t=t)
         return
     outcome = "rejected" if jt.request_seen else "rejected_unavailable"
-    jt.rec.end("job.availability", t=t, attributes={"lk_probe.available": False, "lk_probe.outcome": outcome,
-                                                    "lk_probe.terminate": bool(getattr(av, "terminate", False))})
+    jt.rec.end("job.availability", t=t, attributes={c.AVAILABLE: False, c.OUTCOME: outcome,
+                                                    c.TERMINATE: bool(getattr(av, "terminate", False))})
     _finish_job(jt, t, outcome=outcome)
 
 
@@ -176,10 +177,10 @@ def _on_worker_status(worker: Any, upd: Any) -> None:
     prev = _last_status.get(id(worker), "WS_AVAILABLE")
     _last_status[id(worker)] = status
     if status != prev:
-        attrs = {"lk_probe.worker.status": status, "lk_probe.worker.previous_status": prev,
-                 "lk_probe.worker.load": float(upd.load)}
+        attrs = {c.WORKER_STATUS: status, c.WORKER_PREVIOUS_STATUS: prev,
+                 c.WORKER_LOAD: float(upd.load)}
         for jt in list(_jobs.values()):
-            jt.rec.event("job", "worker.status_changed", attributes=attrs)
+            jt.rec.event("job", c.EV_WORKER_STATUS, attributes=attrs)
 
 
 def _job_request_init(wrapped, instance, args, kwargs):
@@ -200,7 +201,7 @@ async def _job_request_accept(wrapped, instance, args, kwargs):
     jt = getattr(instance, "_lk_probe_job", None)
     with guard("worker.accept"):
         if jt is not None:
-            jt.rec.end("job.request_handler", attributes={"lk_probe.outcome": "accepted"})
+            jt.rec.end("job.request_handler", attributes={c.OUTCOME: "accepted"})
     try:
         return await wrapped(*args, **kwargs)
     except BaseException as e:
@@ -227,7 +228,7 @@ async def _job_request_reject(wrapped, instance, args, kwargs):
     with guard("worker.reject"):
         jt = getattr(instance, "_lk_probe_job", None)
         if jt is not None:
-            jt.rec.end("job.request_handler", attributes={"lk_probe.outcome": "rejected"})
+            jt.rec.end("job.request_handler", attributes={c.OUTCOME: "rejected"})
     return await wrapped(*args, **kwargs)
 
 
@@ -236,7 +237,7 @@ def _handle_assignment(wrapped, instance, args, kwargs):
         assignment = args[0] if args else kwargs["assignment"]
         jt = _jobs.get(assignment.job.id)
         if jt is not None and jt.rec.is_open("job.assignment"):
-            jt.rec.end("job.assignment", attributes={"lk_probe.outcome": "assigned"})
+            jt.rec.end("job.assignment", attributes={c.OUTCOME: "assigned"})
     return wrapped(*args, **kwargs)
 
 
@@ -260,12 +261,12 @@ async def _pool_launch_job(wrapped, instance, args, kwargs):
             q = getattr(instance, "_warmed_proc_queue", None)
             idle = q.qsize() if q is not None else None
             jt.rec.start("job.launch", "job.launch", attributes={
-                "lk_probe.warm": bool(idle) if idle is not None else None,
-                "lk_probe.worker.idle_processes": idle})
+                c.WARM: bool(idle) if idle is not None else None,
+                c.WORKER_IDLE_PROCESSES: idle})
     result = await _call_in_phase(jt, "job.launch", wrapped, args, kwargs)
     with guard("worker.launched"):
         if jt is not None:
-            jt.rec.end("job.launch", attributes={"lk_probe.outcome": "launched"})
+            jt.rec.end("job.launch", attributes={c.OUTCOME: "launched"})
     return result
 
 
@@ -277,14 +278,14 @@ async def _exec_launch_job(wrapped, instance, args, kwargs):
         if jt is not None:
             pid = getattr(instance, "pid", None)
             parent = "job.launch" if jt.rec.is_open("job.launch") else None
-            jt.rec.start("job.handoff", "job.handoff", parent=parent, attributes={"process.pid": pid})
+            jt.rec.start("job.handoff", "job.handoff", parent=parent, attributes={c.PROCESS_PID: pid})
     result = await _call_in_phase(jt, "job.handoff", wrapped, args, kwargs)
     with guard("worker.handed_off"):
         if jt is not None:
             jt.rec.end("job.handoff")
             executor = "thread" if type(instance).__name__ == "ThreadJobExecutor" else "process"
-            jt.rec.start("job.process", "job.process", attributes={"process.pid": getattr(instance, "pid", None),
-                                                                   "lk_probe.executor": executor})
+            jt.rec.start("job.process", "job.process", attributes={c.PROCESS_PID: getattr(instance, "pid", None),
+                                                                   c.EXECUTOR: executor})
             instance._lk_probe_job = jt
     return result
 
@@ -310,44 +311,45 @@ def _on_process_end(jt: _JobTrace, proc: Any) -> None:
     code = getattr(proc, "exitcode", None)
     killed = bool(getattr(proc, "killed", False))
     cause = getattr(proc, "_lk_probe_kill_cause", None)
-    attrs: dict[str, Any] = {"process.exit.code": code, "lk_probe.killed_by_worker": killed,
-                             "lk_probe.kill_cause": cause, "process.pid": getattr(proc, "pid", None)}
+    attrs: dict[str, Any] = {c.PROCESS_EXIT_CODE: code, c.KILLED_BY_WORKER: killed,
+                             c.KILL_CAUSE: cause, c.PROCESS_PID: getattr(proc, "pid", None)}
     error_type = error_message = None
     pid = getattr(proc, "pid", None)
     path = _journal.path_for(jt.job_id, pid) if pid is not None else None
     if code == 255 and path is not None and _journal.completed(path):
         # multiprocessing's forkserver reports 255 when it loses a child's status (two threads polling it: agents'
         # join thread and Process.start()'s cleanup of finished children). The job itself finished normally.
-        attrs["lk_probe.exit_status_lost"] = True
+        attrs[c.EXIT_STATUS_LOST] = True
     elif code is not None and code < 0:
         try:
             signame = signal.Signals(-code).name
         except ValueError:
             signame = f"signal {-code}"
-        attrs["lk_probe.signal"] = -code
+        attrs[c.SIGNAL] = -code
         error_type = signame
         error_message = f"job process killed by {signame}" + (f" ({cause})" if cause else "")
     elif code:
         error_type = "exit_code"
         error_message = f"job process exited with code {code}"
     outcome = "ok" if not error_type else ("killed" if (code or 0) < 0 else "failed")
-    attrs["lk_probe.outcome"] = outcome
+    attrs[c.OUTCOME] = outcome
     if path is not None:
         if error_type:  # phases the dead process left open: exported with their own ids, marked incomplete
-            attrs["lk_probe.incomplete_phases"] = _journal.export_open(path, t_death=t, cause=error_type)
+            attrs[c.INCOMPLETE_PHASES] = _journal.export_open(path, _provider.tracer(), t_death=t,
+                                                                          cause=error_type)
         _journal.remove(path)
     jt.rec.end("job.process", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
     _finish_job(jt, t, outcome=outcome, error_type=error_type, error_message=error_message,
-                attributes={k: v for k, v in attrs.items() if k != "lk_probe.outcome"})
+                attributes={k: v for k, v in attrs.items() if k != c.OUTCOME})
 
 
 def _finish_job(jt: _JobTrace, t: int, *, outcome: str, error_type: str | None = None,
                 error_message: str | None = None, attributes: dict[str, Any] | None = None) -> None:
-    attrs = {"lk_probe.outcome": outcome, **(attributes or {})}
+    attrs = {c.OUTCOME: outcome, **(attributes or {})}
     # anything still open under the job ends with it
     for key, _, _ in jt.rec.open_phases():
         if key != "job":
-            jt.rec.end(key, t=t, error_type=error_type or "incomplete", error_message=error_message)
+            jt.rec.end(key, t=t, error_type=error_type or c.ERR_INCOMPLETE, error_message=error_message)
     jt.rec.end("job", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
     _jobs.pop(jt.job_id, None)
 

@@ -4,5 +4,6 @@
 * :mod:`.machine` — :class:`~.machine.EngineMachine`, the state machine that emits phases into a ``PhaseSink``.
 * :mod:`.bridge` — ``install(get_machine)`` / ``uninstall()`` / ``installed()``: the hook into
   ``livekit.rtc._ffi_client``.
-* :mod:`.redact` — what keeps tokens, query strings and secrets out of every attribute and message.
+
+Every string the machine emits goes through :mod:`lk_probe._redact`, like everything lk_probe exports.
 """

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Hashable
 
 from .._errors import guarded, warn_once
-from . import redact
+from .. import _redact as redact
 from .records import (EngineEvent, Era, classify_error, era_of_ffi_version, era_of_rtc_version, parse,
                       url_parts)
 

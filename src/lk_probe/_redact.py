@@ -1,5 +1,5 @@
-"""Nothing secret leaves the Rust bridge: every string that becomes an attribute, an event attribute or an error
-message goes through :func:`clean`.
+"""Nothing secret leaves lk_probe: every string that becomes an attribute, an event attribute or a status message
+goes through :func:`clean` (attributes through :func:`clean_attributes`).
 
 Removed: URL query strings and fragments, ``user:password@`` in URLs (livekit 1.1.2 prints ``?access_token=…``-free but ``join_request=<b64>``
 and ``sid=`` query strings; other builds may print tokens), JWTs anywhere (``eyJ….….…``), ``Bearer …`` and
@@ -10,9 +10,11 @@ credential, join_request, signature, …), and any value registered with :func:`
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
+from typing import Any
 
 MAX_LEN = 1024
 
@@ -83,19 +85,26 @@ def clean(text: object, max_len: int = MAX_LEN) -> str:
     return s
 
 
-def clean_attributes(attrs: dict | None) -> dict:
-    """A copy of ``attrs`` with every str value cleaned, None values dropped (OTel rejects them), other scalars
-    passed through and anything else turned into a cleaned string."""
+def clean_attributes(attrs: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``attrs`` fit to leave the process: every str value cleaned; None values dropped (OTel rejects
+    them); infinite and NaN floats dropped (common backends cannot represent them: one shows ``Infinity``, another
+    nothing); other scalars passed through; anything else turned into a cleaned string."""
     if not attrs:
         return {}
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in attrs.items():
         if v is None:
             continue
         if isinstance(v, str):
             out[k] = clean(v)
-        elif isinstance(v, (bool, int, float)):
+        elif isinstance(v, float):
+            if math.isfinite(v):
+                out[k] = v
+        elif isinstance(v, (bool, int)):
             out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = [clean(x) if isinstance(x, str) else x for x in v
+                      if isinstance(x, (str, bool, int)) or isinstance(x, float) and math.isfinite(x)]
         else:
             out[k] = clean(v)
     return out
