@@ -1,4 +1,4 @@
-"""Issue 5 / acceptance 5: with the OTLP endpoint refusing connections or black-holed, Room.connect is not slower
+"""With the OTLP endpoint refusing connections or black-holed, Room.connect is not slower
 than with a working endpoint, memory stays bounded and lk_probe warns once.
 
     python -m lk_probe.testing.netns -- python benchmarks/exporter_down.py [--rounds 4] [--per-round 5]

@@ -1,4 +1,4 @@
-"""Issue 5 / acceptance 3: how long after a phase crosses its budget its stall record is in the OTLP receiver.
+"""How long after a phase crosses its budget its stall record is in the OTLP receiver.
 
     python -m lk_probe.testing.netns -- python benchmarks/stall_lag.py [--runs 10]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the README's generated sections (phase table, option table) from the code."""
+"""Regenerate the README's generated sections (phases, options, attributes, events, faults) from the code."""
 
 import re
 import sys
@@ -23,6 +23,7 @@ def main() -> None:
     path = ROOT / "README.md"
     text = path.read_text()
     for tag, body in (("phases", _catalogue.markdown_table()), ("options", _config.markdown_table()),
+                      ("attributes", _catalogue.attributes_table()), ("events", _catalogue.events_table()),
                       ("faults", faults_table())):
         text = re.sub(rf"(<!-- {tag}:begin -->\n).*?(<!-- {tag}:end -->)", lambda m: m.group(1) + body + "\n" +
                       m.group(2), text, flags=re.S)

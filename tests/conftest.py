@@ -29,10 +29,12 @@ def install_from_env(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Issue 4, acceptance 5: everything exported during the whole session — every span captured by capspans and every
-# span received by an OTLP receiver (from real workers and job processes) — is scanned for secrets at the end: a JWT,
-# an access_token, a join_request, a bearer token, or any API secret a server double handed out. A finding fails
-# the session.
+# Everything exported during the whole session — every span captured by capspans and every span received by an OTLP
+# receiver (from real workers and job processes) — is scanned at the end:
+# * for secrets: a JWT, an access_token, a join_request, a bearer token, or any API secret a server double handed out;
+# * against the catalogue: every attribute and event name lk_probe emitted must be catalogued, and no attribute value
+#   may be one a common backend cannot represent (an infinity or NaN).
+# A finding fails the session.
 
 _SCANNED: list = []
 _SECRETS: set[str] = set()
@@ -66,7 +68,14 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.write_line(f"lk_probe secret scan: {len(_SCANNED)} exported spans, {len(findings)} findings")
         for f in findings[:20]:
             reporter.write_line(f"  SECRET LEAK: {f}", red=True)
-    if findings:
+    from lk_probe._catalogue import uncatalogued
+
+    problems = uncatalogued(_SCANNED)
+    if reporter is not None:
+        reporter.write_line(f"lk_probe vocabulary scan: {len(_SCANNED)} exported spans, {len(problems)} problems")
+        for line in problems[:40]:
+            reporter.write_line(f"  NOT CATALOGUED: {line}", red=True)
+    if findings or problems:
         session.exitstatus = 1
 
 

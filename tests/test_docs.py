@@ -1,4 +1,5 @@
-"""The README's phase and option tables are generated from the catalogue and the options: they must not drift."""
+"""The README's generated tables (phases, attributes, events, options, faults) must not drift from the code, and every
+name lk_probe emits is in the catalogue."""
 
 import re
 from pathlib import Path
@@ -16,6 +17,11 @@ def _between(tag: str) -> str:
 
 def test_readme_phase_table_is_the_catalogue():
     assert _between("phases") == _catalogue.markdown_table(), "run: python scripts/sync_readme.py"
+
+
+def test_readme_attribute_and_event_tables_are_the_catalogue():
+    assert _between("attributes") == _catalogue.attributes_table(), "run: python scripts/sync_readme.py"
+    assert _between("events") == _catalogue.events_table(), "run: python scripts/sync_readme.py"
 
 
 def test_readme_option_table_is_the_options():
@@ -38,3 +44,37 @@ def test_readme_fault_table_is_the_double_s_faults():
     sys.modules.setdefault("sync_readme", mod)
     spec.loader.exec_module(mod)
     assert _between("faults") == mod.faults_table(), "run: python scripts/sync_readme.py"
+
+
+def test_the_vocabulary_scan_catches_an_uncatalogued_name_and_an_infinite_value():
+    from lk_probe._catalogue import uncatalogued
+    from lk_probe.spans import SpanEvent, SpanRecord
+
+    ok = SpanRecord("rtc.signal", "1" * 32, "2" * 16, attributes={"lk_probe.phase": "rtc.signal",
+                                                                  "lk_probe.signal.path": "v1"}, scope="lk_probe")
+    stall = SpanRecord("stall rtc.signal", "1" * 32, "3" * 16, attributes={"lk_probe.stall.count": 1},
+                       scope="lk_probe")
+    agents = SpanRecord("room_connect", "1" * 32, "4" * 16, attributes={"lk.room_name": "r"}, scope="livekit-agents")
+    assert uncatalogued([ok, stall, agents]) == []
+    bad = [
+        SpanRecord("rtc.signal", "1" * 32, "5" * 16, attributes={"lk_probe.made_up": 1}, scope="lk_probe"),
+        SpanRecord("room_connect", "1" * 32, "6" * 16, attributes={"lk_probe.other": True}, scope="livekit-agents"),
+        SpanRecord("job", "1" * 32, "7" * 16, attributes={"lk_probe.worker.load_threshold": float("inf")},
+                   scope="lk_probe"),
+        SpanRecord("job", "1" * 32, "8" * 16, events=[SpanEvent("made.up", 0, {})], scope="lk_probe"),
+        SpanRecord("not_a_phase", "1" * 32, "9" * 16, scope="lk_probe"),
+    ]
+    problems = uncatalogued(bad)
+    assert len(problems) == 5, problems
+    assert any("'lk_probe.made_up'" in p for p in problems) and any("'lk_probe.other'" in p for p in problems)
+    assert any("inf" in p for p in problems) and any("'made.up'" in p for p in problems)
+    assert any("'not_a_phase'" in p for p in problems)
+
+
+def test_every_phase_attribute_and_event_attribute_is_catalogued():
+    from lk_probe import _catalogue as c
+
+    for p in c.PHASES:
+        assert set(p.attributes) <= set(c.ATTRIBUTES), (p.name, set(p.attributes) - set(c.ATTRIBUTES))
+    for e in c.EVENTS.values():
+        assert set(e.attributes) <= set(c.ATTRIBUTES), e.name

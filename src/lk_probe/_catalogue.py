@@ -7,8 +7,10 @@ it nests its own phases under them, and the test helpers can look them up like a
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 from opentelemetry.trace import SpanKind
 
@@ -407,4 +409,47 @@ def markdown_table() -> str:
         budget = f"{p.budget:g} s" if p.budget else "–"
         rows.append(f"| `{p.name}`{owner} | {f'`{p.parent}`' if p.parent else '–'} | {p.process} | "
                     f"{p.kind.name} | {budget} | {p.description} | {p.source} |")
+    return "\n".join(rows)
+
+
+def uncatalogued(spans: Iterable[Any]) -> list[str]:
+    """What exported spans carry that the vocabulary above does not name, and values no backend can represent.
+
+    ``spans``: :class:`lk_probe.spans.SpanRecord` objects. On lk_probe's own spans every attribute and event name
+    must be catalogued; on other instrumentations' spans (livekit-agents') only the ``lk_probe.*`` attributes
+    lk_probe adds. Infinite and NaN floats are reported wherever they are. One line per problem, each once.
+    """
+    problems: dict[str, None] = {}
+    for s in spans:
+        ours = s.scope == "lk_probe"
+        if ours and s.name not in BY_NAME and not s.name.startswith("stall "):
+            problems[f"span name {s.name!r} is not a catalogued phase"] = None
+        for key, value in s.attributes.items():
+            if (ours or key.startswith("lk_probe.")) and key not in ATTRIBUTES:
+                problems[f"attribute {key!r} (on {s.name!r}) is not catalogued"] = None
+            if isinstance(value, float) and not math.isfinite(value):
+                problems[f"attribute {key!r} (on {s.name!r}) has the value {value!r}"] = None
+        for ev in s.events if ours else ():
+            if ev.name not in EVENTS:
+                problems[f"event {ev.name!r} (on {s.name!r}) is not catalogued"] = None
+            for key in ev.attributes:
+                if key not in ATTRIBUTES:
+                    problems[f"event attribute {key!r} (of {ev.name!r}) is not catalogued"] = None
+    return list(problems)
+
+
+def attributes_table() -> str:
+    """The README's attribute table (a test keeps the README equal to this)."""
+    rows = ["| attribute | type | meaning |", "|---|---|---|"]
+    rows += [f"| `{a.name}` | {a.type} | {a.description} |" for a in ATTRIBUTES.values()]
+    return "\n".join(rows)
+
+
+def events_table() -> str:
+    """The README's event and error-type tables (a test keeps the README equal to this)."""
+    rows = ["| event | meaning | attributes |", "|---|---|---|"]
+    rows += [f"| `{e.name}` | {e.description} | {', '.join(f'`{a}`' for a in e.attributes) or '–'} |"
+             for e in EVENTS.values()]
+    rows += ["", "| `error.type` | meaning |", "|---|---|"]
+    rows += [f"| `{name}` | {desc} |" for name, desc in ERROR_TYPES.items()]
     return "\n".join(rows)

@@ -7,7 +7,7 @@ Keyword arguments win over environment variables, which win over the defaults. U
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ._errors import warn_once
@@ -47,9 +47,6 @@ class Options:
     stall_records: bool = True
     capture_rust_debug: bool = True
     ice_stats: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _parse(value: str, typ: type) -> Any:

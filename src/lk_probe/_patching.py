@@ -18,7 +18,7 @@ _lock = threading.Lock()
 _patched: dict[tuple[str, str], Any] = {}
 
 
-def resolve(module: str, path: str) -> tuple[Any, str, Any] | None:
+def find_target(module: str, path: str) -> tuple[Any, str, Any] | None:
     """(owner object, attribute name, current value) or None when the module or attribute does not exist."""
     try:
         mod = importlib.import_module(module)
@@ -40,7 +40,7 @@ def wrap(module: str, path: str, wrapper: Callable[..., Any], *, required: bool 
     with _lock:
         if (module, path) in _patched:
             return True
-        found = resolve(module, path)
+        found = find_target(module, path)
         if found is None:
             if required:
                 warn_once(f"missing:{module}.{path}",
@@ -70,11 +70,3 @@ def unwrap_all() -> None:
 def patched() -> list[tuple[str, str]]:
     with _lock:
         return list(_patched)
-
-
-def is_wrapped(module: str, path: str) -> bool:
-    found = resolve(module, path)
-    if found is None:
-        return False
-    owner, name, _ = found
-    return isinstance(owner.__dict__.get(name), PROXY)

@@ -1,4 +1,4 @@
-"""Issue 5, crash survival: phases open when the job process is SIGKILLed reach the backend, with their own span ids,
+"""Phases open when the job process is SIGKILLed reach the backend, with their own span ids,
 marked incomplete, inside the job's trace — real worker, real Rust SDK, server double, real OTLP."""
 
 from __future__ import annotations

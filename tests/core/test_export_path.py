@@ -1,4 +1,4 @@
-"""Issue 5, export path: phases reach a real OTLP receiver within about a second; a collector that refuses or
+"""Phases reach a real OTLP receiver within about a second; a collector that refuses or
 black-holes connections never blocks the caller, gives one warning, and makes lk_probe's flushes short."""
 
 from __future__ import annotations

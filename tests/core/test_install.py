@@ -1,4 +1,4 @@
-"""Issue 3, acceptance 4 and the API rules: install/uninstall are idempotent and fully reversible, options and
+"""Install/uninstall are idempotent and fully reversible, options and
 OTEL_* variables are honoured, ids are derived from the job id, budgets export stall records while a phase is open."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _targets():
     """Every (module, path) lk_probe patches on this version, resolved while installed."""
     lk_probe.install(tracer_provider=TracerProvider())
     targets = _patching.patched()
-    originals = {t: _patching.resolve(*t)[2].__wrapped__ for t in targets}
+    originals = {t: _patching.find_target(*t)[2].__wrapped__ for t in targets}
     lk_probe.uninstall()
     return targets, originals
 
@@ -46,7 +46,7 @@ def test_install_three_times_uninstall_three_times_restores_every_target(memory_
         lk_probe.install(tracer_provider=provider)
     assert lk_probe.installed()
     for t in targets:
-        current = _patching.resolve(*t)[2]
+        current = _patching.find_target(*t)[2]
         assert isinstance(current, _patching.PROXY), t
         assert not isinstance(current.__wrapped__, _patching.PROXY), f"{t} wrapped twice"
     for _ in range(3):
@@ -54,7 +54,7 @@ def test_install_three_times_uninstall_three_times_restores_every_target(memory_
     assert not lk_probe.installed()
     assert _patching.patched() == []
     for t in targets:
-        owner, name, current = _patching.resolve(*t)
+        owner, name, current = _patching.find_target(*t)
         assert not isinstance(owner.__dict__.get(name), _patching.PROXY), f"{t} still wrapped"
         assert current is originals[t], t
 

@@ -1,4 +1,4 @@
-"""Issue 3, acceptance 1–3 and 5: one trace per job across the real worker and the real job process, the outcome of
+"""One trace per job across the real worker and the real job process, the outcome of
 jobs that never run, process death, and guards — real livekit-agents worker + server double + real OTLP/HTTP."""
 
 from __future__ import annotations

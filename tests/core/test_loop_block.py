@@ -1,4 +1,4 @@
-"""Issue 5: the Rust watchdog lines tied to livekit-agents' event_loop_blocked spans (agents 1.8+, real job process).
+"""The Rust watchdog lines tied to livekit-agents' event_loop_blocked spans (agents 1.8+, real job process).
 
 The real worker runs the job; livekit-agents' loop monitor measures a real 0.8 s block of the job's loop. Only the
 Rust watchdog line itself is produced by the agent (through the exact logger call the FFI callback makes): the real

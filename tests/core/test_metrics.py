@@ -1,4 +1,4 @@
-"""Issue 5, metrics: a per-phase duration histogram and an outcome counter through the OTel metrics API."""
+"""A per-phase duration histogram and an outcome counter through the OTel metrics API."""
 
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider

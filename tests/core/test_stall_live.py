@@ -1,4 +1,4 @@
-"""Issue 5, acceptance 3: a hung signal upgrade — the stall record is in a real OTLP receiver at most 1 s after the
+"""A hung signal upgrade — the stall record is in a real OTLP receiver at most 1 s after the
 budget is crossed, while Room.connect is still pending (real Rust SDK, server double, OTLP/HTTP)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4, acceptance 1: the phases inside Room.connect, from the real Rust SDK against the double, per fault."""
+"""The phases inside Room.connect, from the real Rust SDK against the double, per fault."""
 
 from __future__ import annotations
 

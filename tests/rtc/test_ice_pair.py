@@ -1,4 +1,4 @@
-"""Issue 4: the selected ICE candidate pair, read with get_rtc_stats() after the connect, on the connect span.
+"""The selected ICE candidate pair, read with get_rtc_stats() after the connect, on the connect span.
 
 Real Room (Rust SDK) against the double over real ICE inside the test's network namespace.
 """

@@ -1,4 +1,4 @@
-"""Issue 4: the ICE pair reader on real protobuf messages, and the span hold on a real SDK provider."""
+"""The ICE pair reader on real protobuf messages, and the span hold on a real SDK provider."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 5, acceptance 1–2: reconnect episodes from the real Rust SDK against the double's faults."""
+"""Reconnect episodes from the real Rust SDK against the double's faults."""
 
 from __future__ import annotations
 

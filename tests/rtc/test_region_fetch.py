@@ -1,4 +1,4 @@
-"""Issue 4, acceptance 2: the region fetch exercised for real — a *.livekit.cloud host name resolved to the double
+"""The region fetch exercised for real — a *.livekit.cloud host name resolved to the double
 inside the test's namespace (private /etc/hosts), the double serving /settings/regions and able to hang it. The SDK
 fetches regions over plain HTTP for a ws:// URL, so no TLS is involved.
 

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import sys
 import time
+import weakref
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -46,6 +47,9 @@ class _JobTrace:
 _jobs: dict[str, _JobTrace] = {}
 _current: contextvars.ContextVar[_JobTrace | None] = contextvars.ContextVar("lk_probe_worker_job", default=None)
 _last_status: dict[int, str] = {}
+# agents' objects that carry one job (its JobRequest, its executor) → that job; and why an executor was killed
+_job_of: "weakref.WeakKeyDictionary[Any, _JobTrace]" = weakref.WeakKeyDictionary()
+_kill_cause: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
 def _server_class_path() -> str | None:
@@ -192,13 +196,13 @@ def _job_request_init(wrapped, instance, args, kwargs):
             jt = _jobs.get(job.id)
         if jt is not None:
             jt.request_seen = True
-            instance._lk_probe_job = jt
+            _job_of[instance] = jt
             jt.rec.start("job.request_handler", "job.request_handler")
     return result
 
 
 async def _job_request_accept(wrapped, instance, args, kwargs):
-    jt = getattr(instance, "_lk_probe_job", None)
+    jt = _job_of.get(instance)
     with guard("worker.accept"):
         if jt is not None:
             jt.rec.end("job.request_handler", attributes={c.OUTCOME: "accepted"})
@@ -226,7 +230,7 @@ def _on_accept_failed(jt: _JobTrace, e: BaseException) -> None:
 
 async def _job_request_reject(wrapped, instance, args, kwargs):
     with guard("worker.reject"):
-        jt = getattr(instance, "_lk_probe_job", None)
+        jt = _job_of.get(instance)
         if jt is not None:
             jt.rec.end("job.request_handler", attributes={c.OUTCOME: "rejected"})
     return await wrapped(*args, **kwargs)
@@ -286,7 +290,7 @@ async def _exec_launch_job(wrapped, instance, args, kwargs):
             executor = "thread" if type(instance).__name__ == "ThreadJobExecutor" else "process"
             jt.rec.start("job.process", "job.process", attributes={c.PROCESS_PID: getattr(instance, "pid", None),
                                                                    c.EXECUTOR: executor})
-            instance._lk_probe_job = jt
+            _job_of[instance] = jt
     return result
 
 
@@ -296,7 +300,7 @@ async def _exec_supervise(wrapped, instance, args, kwargs):
     finally:
         jt = None
         with guard("worker.process_end"):
-            jt = getattr(instance, "_lk_probe_job", None)
+            jt = _job_of.get(instance)
             if jt is not None:
                 _on_process_end(jt, instance)
         if jt is not None:
@@ -310,7 +314,7 @@ def _on_process_end(jt: _JobTrace, proc: Any) -> None:
     t = time.time_ns()
     code = getattr(proc, "exitcode", None)
     killed = bool(getattr(proc, "killed", False))
-    cause = getattr(proc, "_lk_probe_kill_cause", None)
+    cause = _kill_cause.get(proc)
     attrs: dict[str, Any] = {c.PROCESS_EXIT_CODE: code, c.KILLED_BY_WORKER: killed,
                              c.KILL_CAUSE: cause, c.PROCESS_PID: getattr(proc, "pid", None)}
     error_type = error_message = None
@@ -366,7 +370,7 @@ def _send_kill_signal(wrapped, instance, args, kwargs):
             frame = frame.f_back
         name = frame.f_code.co_name if frame is not None else ""
         cause = next((c for k, c in _KILL_CAUSES if k in name), name or "unknown")
-        instance._lk_probe_kill_cause = cause
+        _kill_cause[instance] = cause
     return wrapped(*args, **kwargs)
 
 
@@ -398,3 +402,5 @@ def reset() -> None:
         jt.rec.close_all(error_type="uninstrumented")
     _jobs.clear()
     _last_status.clear()
+    _job_of.clear()
+    _kill_cause.clear()
