@@ -256,37 +256,45 @@ async def _call_in_phase(jt: _JobTrace | None, key: str, wrapped, args, kwargs):
         raise
 
 
-async def _pool_launch_job(wrapped, instance, args, kwargs):
-    jt = None
-    with guard("worker.launch"):
-        info = args[0] if args else kwargs["info"]
-        jt = _jobs.get(info.job.id)
+def _job_being_launched(args: tuple, kwargs: dict) -> _JobTrace | None:
+    """The job of a ``launch_job(info)`` call (the pool's and the executors')."""
+    info = args[0] if args else kwargs["info"]
+    return _jobs.get(info.job.id)
+
+
+async def _in_phase(jt: _JobTrace | None, key: str, wrapped, args, kwargs, *, parent: str | None = None,
+                   attributes: dict[str, Any] | None = None, end_attributes: dict[str, Any] | None = None):
+    """Run the wrapped call as the job's phase ``key``: started before, ended after (with its exception if it fails)."""
+    with guard(f"worker.{key}_start"):
         if jt is not None:
-            q = getattr(instance, "_warmed_proc_queue", None)
-            idle = q.qsize() if q is not None else None
-            jt.rec.start("job.launch", "job.launch", attributes={
-                c.WARM: bool(idle) if idle is not None else None,
-                c.WORKER_IDLE_PROCESSES: idle})
-    result = await _call_in_phase(jt, "job.launch", wrapped, args, kwargs)
-    with guard("worker.launched"):
+            jt.rec.start(key, key, parent=parent, attributes=attributes)
+    result = await _call_in_phase(jt, key, wrapped, args, kwargs)
+    with guard(f"worker.{key}_end"):
         if jt is not None:
-            jt.rec.end("job.launch", attributes={c.OUTCOME: "launched"})
+            jt.rec.end(key, attributes=end_attributes)
     return result
 
 
+async def _pool_launch_job(wrapped, instance, args, kwargs):
+    jt, attrs = None, None
+    with guard("worker.launch"):
+        jt = _job_being_launched(args, kwargs)
+        q = getattr(instance, "_warmed_proc_queue", None)
+        idle = q.qsize() if q is not None else None
+        attrs = {c.WARM: bool(idle) if idle is not None else None, c.WORKER_IDLE_PROCESSES: idle}
+    return await _in_phase(jt, "job.launch", wrapped, args, kwargs, attributes=attrs,
+                           end_attributes={c.OUTCOME: "launched"})
+
+
 async def _exec_launch_job(wrapped, instance, args, kwargs):
-    jt = None
+    jt, parent = None, None
     with guard("worker.handoff"):
-        info = args[0] if args else kwargs["info"]
-        jt = _jobs.get(info.job.id)
-        if jt is not None:
-            pid = getattr(instance, "pid", None)
-            parent = "job.launch" if jt.rec.is_open("job.launch") else None
-            jt.rec.start("job.handoff", "job.handoff", parent=parent, attributes={c.PROCESS_PID: pid})
-    result = await _call_in_phase(jt, "job.handoff", wrapped, args, kwargs)
+        jt = _job_being_launched(args, kwargs)
+        parent = "job.launch" if jt is not None and jt.rec.is_open("job.launch") else None
+    result = await _in_phase(jt, "job.handoff", wrapped, args, kwargs, parent=parent,
+                             attributes={c.PROCESS_PID: getattr(instance, "pid", None)})
     with guard("worker.handed_off"):
         if jt is not None:
-            jt.rec.end("job.handoff")
             executor = "thread" if type(instance).__name__ == "ThreadJobExecutor" else "process"
             jt.rec.start("job.process", "job.process", attributes={c.PROCESS_PID: getattr(instance, "pid", None),
                                                                    c.EXECUTOR: executor})
