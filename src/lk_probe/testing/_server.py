@@ -102,6 +102,8 @@ class LiveKitDouble:
                              "127.0.0.1/::1; pass allow_non_loopback=True if you really mean it")
         self.host = host
         self.port = port
+        # also what the WebRTC side of signalling may gather and accept: this host's interfaces, not only loopback
+        self.allow_non_loopback = allow_non_loopback
         self.api_key = api_key
         self.api_secret = api_secret or secrets.token_urlsafe(32)
         self.region = region

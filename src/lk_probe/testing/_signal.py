@@ -974,6 +974,8 @@ class SignalService:
                 t.cancel()
         if pending:
             await asyncio.wait(pending, timeout=2)
+        if self.double.allow_non_loopback:  # a stopped double leaves the loopback-only default behind
+            _webrtc.POLICY.allow_non_loopback = False
 
 
 __all__ = ["FAULTS", "SignalService", "SignalParticipant", "setup", "decode_join_request"]
