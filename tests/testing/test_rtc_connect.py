@@ -152,7 +152,7 @@ def host_network_double():
     finally:
         d.stop_thread()
         assert_peers_closed(d)
-        assert not d.signal.participants and not d.signal._conns
+        assert not d.signal.participants and not d.signal.conns
         assert not check_leftovers(d)
 
 
