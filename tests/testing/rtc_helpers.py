@@ -137,4 +137,4 @@ def no_leaks(lk_double: Any):
     lk_double.stop_thread()
     if getattr(lk_double, "signal", None) is not None:
         assert_peers_closed(lk_double)
-        assert not lk_double.signal.participants and not lk_double.signal._conns
+        assert not lk_double.signal.participants and not lk_double.signal.conns

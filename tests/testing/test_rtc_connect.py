@@ -1,11 +1,15 @@
 """A plain ``livekit.rtc.Room`` (the real Rust SDK) connects to the double over real WebRTC: v1 single-PC, v0 with
-subscriber_primary true and false; data packets are relayed between participants. Needs the private netns."""
+subscriber_primary true and false; data packets are relayed between participants; the double's interface policy
+(loopback only, or the host's interfaces) is the one ICE runs with. Needs the private netns."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+
+from lk_probe.testing import LiveKitDouble, _webrtc
+from lk_probe.testing.fixtures import check_leftovers
 
 from rtc_helpers import no_leaks, SDK, V1_DEFAULT, assert_peers_closed, clients, needs_netns, rtc, wait_event
 
@@ -99,3 +103,76 @@ async def test_publisher_primary_old_sdk_waits_for_subscriber(lk_double):
         assert not done, "1.1.2 was expected to keep waiting for a subscriber PC"
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def _selected_remote_address(room: rtc.Room, timeout: float = 10.0) -> str:
+    """The address of the remote (server) candidate of the client's selected ICE pair, from ``get_rtc_stats()``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        stats = await room.get_rtc_stats()
+        for items in (stats.publisher_stats, stats.subscriber_stats):
+            by_id, selected = {}, []
+            for item in items:
+                kind = item.WhichOneof("stats")
+                if kind not in ("transport", "candidate_pair", "remote_candidate"):
+                    continue
+                wrapper = getattr(item, kind)
+                body = getattr(wrapper, "candidate" if kind == "remote_candidate" else kind)
+                by_id[wrapper.rtc.id] = body
+                if kind == "transport" and body.selected_candidate_pair_id:
+                    selected.append(body.selected_candidate_pair_id)
+                elif kind == "candidate_pair" and body.nominated:
+                    selected.append(wrapper.rtc.id)
+            for pair_id in selected:
+                pair = by_id.get(pair_id)
+                remote = by_id.get(getattr(pair, "remote_candidate_id", None))
+                if remote is not None and remote.address:
+                    return remote.address
+        assert loop.time() < deadline, f"no selected ICE pair within {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+def _server_candidate_hosts(double: LiveKitDouble) -> set[str]:
+    """The addresses of the candidates the double gathered, from the SDPs its peers sent."""
+    hosts = set()
+    for peer in double.signal.peers_created:
+        for line in peer.pc.localDescription.sdp.splitlines():
+            if line.startswith("a=candidate:"):
+                hosts.add(line.split()[4])
+    return hosts
+
+
+@pytest.fixture
+def host_network_double():
+    """A double built as ``python -m lk_probe.demo --host-network`` builds it (still listening on 127.0.0.1)."""
+    d = LiveKitDouble(allow_non_loopback=True).start_in_thread()
+    try:
+        yield d
+    finally:
+        d.stop_thread()
+        assert_peers_closed(d)
+        assert not d.signal.participants and not d.signal.conns
+        assert not check_leftovers(d)
+
+
+@pytest.mark.parametrize("host_network", [False, True], ids=["loopback-only", "host-network"])
+async def test_interface_policy_reaches_webrtc(request, host_network):
+    """``allow_non_loopback=True`` lets the double's WebRTC side gather and accept this host's interfaces; without it
+    aioice gathers 127.0.0.1 only. Real ICE with the Rust SDK proves which policy the WebRTC side ran with.
+
+    No packet may leave loopback, so the "host interface" is the private namespace's only one: ``lkd0`` with
+    127.0.0.2, which aioice gathers as an ordinary interface (it leaves out only 127.0.0.1). A host-network double
+    must therefore be reached on 127.0.0.2 and a loopback-only double on 127.0.0.1. (On a real machine the host
+    interface would be the LAN address, and a loopback-only double would drop the client's LAN candidates, so the
+    demo's ``--host-network`` could not connect.)"""
+    d = request.getfixturevalue("host_network_double" if host_network else "lk_double")
+    expected = "127.0.0.2" if host_network else "127.0.0.1"
+    async with clients(d) as c:
+        room, _, _ = await c.connect("hal", "room-h")
+        await wait_event(d, "pc_state", lambda e: e["identity"] == "hal" and e["state"] == "connected", timeout=10)
+        assert await _selected_remote_address(room) == expected
+        assert _server_candidate_hosts(d) == {expected}
+        assert _webrtc.POLICY.allow_non_loopback is host_network
+    d.stop_thread()
+    assert _webrtc.POLICY.allow_non_loopback is False  # a stopped double leaves the loopback-only default behind

@@ -416,7 +416,7 @@ async def test_close_leaves_nothing_behind(lk_double, http):
     bob, _ = await connect(http, d, "bob")
     await alice.recv("offer")
     await asyncio.to_thread(d.stop_thread)
-    assert d.signal.closed and not d.signal.participants and not d.signal._conns
+    assert d.signal.closed and not d.signal.participants and not d.signal.conns
     assert not d.signal._tasks and not d.signal._handlers
     assert_peers_closed(d)
     assert len(d.signal.peers_created) == 2

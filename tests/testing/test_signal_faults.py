@@ -119,6 +119,9 @@ async def test_validate_hang_then_retry(lk_double):
     async with clients(d) as c:
         _, _, took = await c.connect("alice", "f7")
     assert 2.9 <= took < 6, f"validate is given 3 s: {took:.2f}s"
+    # the held validate is recorded once the double sees the client drop it (it looks every 0.1 s), which can be
+    # after the retried connect already returned
+    await wait_event(d, "validate", lambda e: e["reason"] == "held", timeout=2)
     held = d.events.of_kind("validate", lambda e: e["reason"] == "held")
     assert len(held) == 1
 

@@ -58,7 +58,7 @@ except ImportError:
     _signal_mod = None  # type: ignore[assignment]
 
 #: every fault name the double knows, with a one-line description
-FAULTS: dict[str, str] = {**_agent.FAULTS, **dict(getattr(_signal_mod, "FAULTS", {}) or {})}
+FAULTS: dict[str, str] = {**_agent.FAULTS, **(_signal_mod.FAULTS if _signal_mod is not None else {})}
 
 __all__ = [
     "FAULTS",

@@ -23,7 +23,7 @@ from aiohttp import WSMsgType, web
 from google.protobuf.message import DecodeError
 from livekit.protocol import agent, agent_dispatch, models
 
-from ._core import AuthError, bearer, mint_token, new_sid, verify_token
+from ._core import AuthError, bearer, mint_token, new_sid, room_proto, server_info, verify_token
 
 if TYPE_CHECKING:
     from ._core import RoomState
@@ -237,12 +237,7 @@ class AgentService:
         w.permissions.CopyFrom(reg.allowed_permissions)
         resp = agent.ServerMessage()
         resp.register.worker_id = w.id
-        info = resp.register.server_info
-        info.edition = models.ServerInfo.Standard
-        info.version = self.double.version
-        info.protocol = self.double.protocol
-        info.region = self.double.region
-        info.node_id = self.double.node_id
+        resp.register.server_info.CopyFrom(server_info(self.double))
         await w.send(resp)
         w.registered = True
         self.workers[w.id] = w
@@ -329,17 +324,11 @@ class AgentService:
         room = self.double.rooms[d.room]
         job = agent.Job(id=new_sid("AJ_"), dispatch_id=d.id, type=agent.JT_ROOM, agent_name=d.agent_name,
                         metadata=d.metadata)
-        job.room.CopyFrom(self.room_proto(room))
+        job.room.CopyFrom(room_proto(room))
         if d.attributes and "attributes" in agent.Job.DESCRIPTOR.fields_by_name:
             job.attributes.update(d.attributes)
         job.state.status = agent.JS_PENDING
         return job
-
-    @staticmethod
-    def room_proto(room: "RoomState") -> models.Room:
-        return models.Room(sid=room.sid, name=room.name, metadata=room.metadata, empty_timeout=room.empty_timeout,
-                           max_participants=room.max_participants, creation_time=int(room.created_at),
-                           creation_time_ms=int(room.created_at * 1000), num_participants=len(room.participants))
 
     def _candidates(self, rec: JobRecord) -> list[WorkerConn]:
         ws = [w for w in self.workers.values()

@@ -1,8 +1,9 @@
-"""Shared core of the LiveKit server double: event log, fault registry, tokens, room state, lifecycle.
+"""Shared core of the LiveKit server double: event log, fault registry, tokens, room state, what the server reports
+about itself, and :class:`ServerDouble`, the double as its protocol modules see it.
 
 The protocol parts plug in as modules with a ``setup(double, app)`` function:
 ``_agent`` (worker protocol, dispatch), ``_twirp`` (AgentDispatchService / RoomService), ``_signal`` (/rtc, /rtc/v1,
-validate, WebRTC through aiortc).
+validate, regions, WebRTC through aiortc).
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import jwt
+from livekit.protocol import models
+
+# --------------------------------------------------------------------------------------------------------
+# what the double reports about itself (defaults of LiveKitDouble; every protocol module reads them from the double)
+
+SERVER_VERSION = "1.9.0-lkp-double"  # RegisterWorkerResponse / JoinResponse / ReconnectResponse server version
+PROTOCOL_VERSION = 16
+REGION = "lkp-double"
+NODE_ID = "ND_double"
+MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB: WS messages and HTTP bodies above this are refused (1009 / 413)
 
 # --------------------------------------------------------------------------------------------------------
 # event log
@@ -238,7 +249,7 @@ class ParticipantState:
     kind: str = "standard"  # "agent" for agents
     attributes: dict[str, str] = field(default_factory=dict)
     joined_at: float = field(default_factory=time.time)
-    session: Any = None  # the signal session object (owned by _signal)
+    session: ParticipantSession | None = None  # set by signalling for participants it connected
 
 
 @dataclass
@@ -251,3 +262,52 @@ class RoomState:
     max_participants: int = 0
     participants: dict[str, ParticipantState] = field(default_factory=dict)  # by identity
     agents: list[dict[str, Any]] = field(default_factory=list)  # RoomAgentDispatch-like dicts from CreateRoom
+
+
+def room_proto(room: RoomState) -> models.Room:
+    """The ``Room`` message for ``room`` (JoinResponse, Job, Twirp CreateRoom / ListRooms)."""
+    return models.Room(sid=room.sid, name=room.name, metadata=room.metadata, empty_timeout=room.empty_timeout,
+                       max_participants=room.max_participants, creation_time=int(room.created_at),
+                       creation_time_ms=int(room.created_at * 1000), num_participants=len(room.participants))
+
+
+# --------------------------------------------------------------------------------------------------------
+# the double as its protocol modules see it
+
+
+class ParticipantSession(Protocol):
+    """A participant's connection as the room sees it (``ParticipantState.session``)."""
+
+    async def leave(self, action: str = "DISCONNECT", reason: str = "UNKNOWN_REASON") -> bool:
+        """Send the participant a LeaveRequest (and, for DISCONNECT, drop it); True if it was sent."""
+        ...
+
+
+class ServerDouble(Protocol):
+    """What the protocol modules need from the server (``LiveKitDouble`` is the implementation): its event log and
+    faults, the key pair tokens are checked against, what it reports about itself, its rooms, and whether WebRTC may
+    use non-loopback interfaces."""
+
+    events: EventLog
+    faults: Faults
+    api_key: str
+    api_secret: str
+    version: str
+    protocol: int
+    region: str
+    node_id: str
+    max_message_size: int
+    allow_non_loopback: bool
+
+    def register_faults(self, faults: dict[str, str]) -> None: ...
+
+    def add_stop_hook(self, hook: Callable[[], Awaitable[None]]) -> None: ...
+
+    def ensure_room(self, name: str, *, created_by: str = "api", room_config: Any = None, **kw: Any) -> RoomState:
+        ...
+
+
+def server_info(double: ServerDouble) -> models.ServerInfo:
+    """The ``ServerInfo`` the double reports (worker registration, JoinResponse, ReconnectResponse)."""
+    return models.ServerInfo(edition=models.ServerInfo.Standard, version=double.version, protocol=double.protocol,
+                             region=double.region, node_id=double.node_id)

@@ -25,7 +25,18 @@ from typing import Any, Awaitable, Callable, Coroutine
 from aiohttp import web
 
 from . import _agent, _twirp
-from ._core import EventLog, Faults, RoomState, mint_token
+from ._core import (
+    MAX_MESSAGE_SIZE,
+    NODE_ID,
+    PROTOCOL_VERSION,
+    REGION,
+    SERVER_VERSION,
+    EventLog,
+    Faults,
+    ParticipantState,
+    RoomState,
+    mint_token,
+)
 
 try:
     from . import _signal
@@ -33,10 +44,6 @@ except ImportError:  # signalling is optional: the worker protocol and Twirp wor
     _signal = None  # type: ignore[assignment]
 
 log = logging.getLogger("lk_probe.testing")
-
-MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB: WS messages and HTTP bodies above this are refused (1009 / 413)
-SERVER_VERSION = "1.9.0-lkp-double"  # what RegisterWorkerResponse / JoinResponse report as the server version
-PROTOCOL_VERSION = 16
 
 RoomHook = Callable[[RoomState, str, "dict[str, Any] | None"], None]
 
@@ -88,13 +95,15 @@ class LiveKitDouble:
     max_message_size = MAX_MESSAGE_SIZE
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str = "lkp_test_key",
-                 api_secret: str | None = None, allow_non_loopback: bool = False, region: str = "lkp-double",
-                 node_id: str = "ND_double") -> None:
+                 api_secret: str | None = None, allow_non_loopback: bool = False, region: str = REGION,
+                 node_id: str = NODE_ID) -> None:
         if not allow_non_loopback and not _is_loopback(host):
             raise ValueError(f"LiveKitDouble refuses to listen on non-loopback host {host!r}: tests must stay on "
                              "127.0.0.1/::1; pass allow_non_loopback=True if you really mean it")
         self.host = host
         self.port = port
+        # also what the WebRTC side of signalling may gather and accept: this host's interfaces, not only loopback
+        self.allow_non_loopback = allow_non_loopback
         self.api_key = api_key
         self.api_secret = api_secret or secrets.token_urlsafe(32)
         self.region = region
@@ -106,10 +115,11 @@ class LiveKitDouble:
         self.faults = Faults(self.events, lambda: set(self._fault_docs))
         # known before start() so faults can be armed first; setup() of each module registers them again
         self.register_faults(_agent.FAULTS)
-        self.register_faults(dict(getattr(_signal, "FAULTS", None) or {}))
+        if _signal is not None:
+            self.register_faults(_signal.FAULTS)
         self.rooms: dict[str, RoomState] = {}
-        self.signal: Any = None  # set by _signal.setup
-        self.agent: Any = None  # the worker-protocol service, set by _agent.setup
+        self.signal: _signal.SignalService | None = None  # the signalling service, while serving with _signal
+        self.agent: _agent.AgentService | None = None  # the worker-protocol service, set by _agent.setup
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started_at = 0.0
         self.leftover_tasks: list[asyncio.Task[Any]] = []  # tasks that survived stop() (see stop_thread)
@@ -152,7 +162,7 @@ class LiveKitDouble:
         _agent.setup(self, app)
         _twirp.setup(self, app)
         if _signal is not None:
-            _signal.setup(self, app)
+            self.signal = _signal.setup(self, app)
         return app
 
     @web.middleware
@@ -401,7 +411,8 @@ class LiveKitDouble:
         """Send JobTermination for ``job_id`` (use ``double.call(double.terminate_job, job_id)`` from a test)."""
         return await self.agent.terminate_job(job_id, reason)
 
-    async def remove_participant(self, room: RoomState, participant: Any, *, reason: str = "removed") -> None:
+    async def remove_participant(self, room: RoomState, participant: ParticipantState, *,
+                                 reason: str = "removed") -> None:
         room.participants.pop(participant.identity, None)
         if participant.session is not None:
             try:

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import agent_dispatch, models, room as room_pb
 
-from ._core import AuthError, bearer, verify_token
+from ._core import AuthError, bearer, room_proto, verify_token
 
 if TYPE_CHECKING:
     from ._core import ParticipantState
@@ -175,14 +175,14 @@ class TwirpService:
         if agents:
             kw["agents"] = agents
         room = self.double.ensure_room(req.name, created_by="api", **kw)
-        return self.double.agent.room_proto(room)
+        return room_proto(room)
 
     async def list_rooms(self, req: Any, claims: dict[str, Any]) -> Message:
         names = set(req.names)
         out = room_pb.ListRoomsResponse()
         for room in self.double.rooms.values():
             if not names or room.name in names:
-                out.rooms.append(self.double.agent.room_proto(room))
+                out.rooms.append(room_proto(room))
         return out
 
     async def delete_room(self, req: Any, claims: dict[str, Any]) -> Message:

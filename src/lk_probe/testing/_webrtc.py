@@ -276,6 +276,10 @@ class ServerPeer:
                 self._remote_ufrag = ufrag
             await self._flush_pending()
 
+    def buffer_candidate(self, init: dict[str, Any]) -> None:
+        """Keep a client candidate that was trickled before this peer existed; applied with the remote description."""
+        self._pending.append(init)
+
     async def add_candidate(self, init: dict[str, Any]) -> str:
         """Add a trickled client candidate; returns what happened (added/buffered/ignored/dropped)."""
         if self.ignore_remote_candidates:
