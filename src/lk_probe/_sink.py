@@ -64,16 +64,3 @@ class ListSink:
     # helpers for assertions
     def phases(self) -> list[str]:
         return [c.phase for c in self.calls if c.op == "start"]
-
-    def intervals(self) -> list[tuple[str, Hashable, int, int | None, str | None]]:
-        """(phase, key, start, end or None, error_type) for every started instance, in start order."""
-        open_: dict[Hashable, int] = {}
-        out: list[list[Any]] = []
-        for c in self.calls:
-            if c.op == "start":
-                open_[c.key] = len(out)
-                out.append([c.phase, c.key, c.t, None, None])
-            elif c.op == "end" and c.key in open_:
-                row = out[open_.pop(c.key)]
-                row[3], row[4] = c.t, c.error_type
-        return [tuple(r) for r in out]  # type: ignore[misc]
