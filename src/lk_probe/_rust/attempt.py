@@ -15,6 +15,9 @@ S = 1_000_000_000
 REGION_FETCH_TIMEOUT = 3 * S
 VALIDATE_TIMEOUT = 3 * S
 JOIN_RESPONSE_TIMEOUT = 5 * S
+# Records reach Python in batches (livekit's FFI flushes its log about once a second), so a PC's records can arrive
+# after the connect callback they preceded: that long after a successful attempt ended, they still belong to it.
+LATE_PC_WINDOW = 3 * S
 
 Record = Callable[["Attempt", "dict[str, Any]", int], None]
 
@@ -44,8 +47,16 @@ class Attempt:
         self.join: Hashable | None = None
         self.join_t = 0
         self.pcs: dict[str, Hashable] = {}
+        self.pc_seen = False  # a PC began connecting while the attempt was open
+        self.joined_t: int | None = None  # the JoinResponse (or reconnect response) arrived
         self.ready_t: int | None = None
         self.first_error: str | None = None
+        # after a successful end without any PC record: what late PC phases are inferred from (None: not awaited),
+        # the sink's handle that keeps them under this attempt, its end, and each late 'Connecting' PC's arrival
+        self.late: str | None = None
+        self.late_ctx: Any = None
+        self.end_t = 0
+        self.late_pcs: dict[str, int] = {}
 
     def _child(self, phase: str, what: str, t: int, attrs: dict[str, Any] | None) -> Hashable | None:
         """Start ``phase`` inside this attempt: its key, or None when the sink did not open it."""
@@ -70,11 +81,15 @@ class Attempt:
 
     # ------------------------------------------------------------------ end
     def end(self, t: int, etype: str | None, err: str | None, *, outcome: str, inferred_src: str | None = None,
-            attempts_max: int | None = None) -> None:
+            attempts_max: int | None = None, late: str | None = None) -> None:
         """End the attempt and everything open inside it. With an error, open children fail with what the error
-        says; without one, children still open are closed at t and marked inferred."""
+        says; without one, children still open are closed at t and marked inferred. ``late``: on success with no PC
+        record yet, PC records that arrive afterwards still place ``rtc.pc`` here (see :meth:`late_pc_change`),
+        marked inferred from ``late``."""
         self._resolve_pending(t, err)
         out = self.out
+        if late is not None and etype is None and not self.pc_seen:
+            self.late, self.late_ctx, self.end_t = late, out.context(self.key), t
         ok_attrs = None if etype else inferred(inferred_src or "end of the enclosing attempt")
         if self.signal is not None:
             out.end(self.signal, t, etype, err if etype else None, ok_attrs)
@@ -268,6 +283,7 @@ class Attempt:
                          ("subscriber_primary", "lk_probe.subscriber_primary")):
             if src in d:
                 attrs[dst] = d[src]
+        self.joined_t = t
         if self.join is not None:
             self.out.end(self.join, t, attrs=attrs)
             self.join = None
@@ -278,6 +294,7 @@ class Attempt:
         self.out.event(self.key, "rtc.join_response", t, attrs)
 
     def on_reconnect_response(self, d: dict[str, Any], t: int) -> None:
+        self.joined_t = t
         if self.join is not None:
             self.out.end(self.join, t)
             self.join = None
@@ -289,6 +306,7 @@ class Attempt:
         pc, state = d["pc"], d["state"]
         k = self.pcs.get(pc)
         if state == "Connecting":
+            self.pc_seen = True
             if k is None:
                 k = self._child("rtc.pc", "pc-" + pc, t, {"lk_probe.pc": pc})
                 if k is not None:
@@ -303,6 +321,33 @@ class Attempt:
                 self.out.end(k, t, "pc_failed" if state == "Failed" else "closed",
                              f"connection change, {state} {pc}")
                 del self.pcs[pc]
+
+    def late_pc_change(self, d: dict[str, Any], t: int) -> bool:
+        """A 'connection change' record that arrived after this attempt ended well. A PC that went from Connecting
+        to Connected gets its ``rtc.pc`` inside the attempt: it ends when the attempt ended (the engine was
+        connected by then; the record times say nothing closer) and keeps the time between its two records, never
+        starting before the join ended. A PC that failed or closed did so after the attempt: no phase here.
+        Returns whether more such records are awaited."""
+        if self.late is None or t - self.end_t > LATE_PC_WINDOW:
+            return False
+        pc, state = d["pc"], d["state"]
+        if state == "Connecting":
+            self.late_pcs.setdefault(pc, t)
+            return True
+        t0 = self.late_pcs.pop(pc, None) if state != "Disconnected" else None
+        if t0 is None:
+            return True
+        if state == "Connected":
+            floor = self.joined_t if self.joined_t is not None else self.t
+            start = min(self.end_t, max(floor, self.end_t - (t - t0)))
+            key = self.new_key("pc-" + pc)
+            attrs = {"lk_probe.pc": pc, **inferred(self.late)}
+            if self.out.start("rtc.pc", key, start, attrs, parent=self.key, context=self.late_ctx):
+                self.out.end(key, self.end_t)
+        if self.late_pcs:
+            return True
+        self.late = self.late_ctx = None
+        return False
 
     def pc_failed(self, pc: str, t: int) -> None:
         """'<Pc> pc state failed': the PC's phase, if open, fails."""

@@ -14,7 +14,9 @@ connect
     rtc.region_fetch (inferred)            cloud hosts only, after a failure; split from validate only when a
                                            timeout or 'unexpected signal error' fixes the boundary
     rtc.join                               signal open → 'received JoinResponse' (server_info attributes)
-    rtc.pc (publisher/subscriber)          'connection change, Connecting X' → 'Connected X' | Failed | Closed
+    rtc.pc (publisher/subscriber)          'connection change, Connecting X' → 'Connected X' | Failed | Closed;
+                                           when both records arrive after the attempt ended well (connect
+                                           callback, recovery), inferred, ending when the attempt ended
   rtc.callback                             engine connected (last PC connected / 'connection setup took') →
                                            connect callback
 reconnect
@@ -115,6 +117,7 @@ class EngineMachine:
         self._port: int | None = None
         self._cloud = False
         self._attempt: Attempt | None = None
+        self._late: Attempt | None = None  # ended well before any PC record: late PC records still go to it
         self._attempts_max = 4  # join_retries 3 (Rust default) + 1
         self._episode: _Episode | None = None
         self._pre: list[tuple[int, str, dict[str, Any]]] = []
@@ -153,6 +156,7 @@ class EngineMachine:
     def connect_started(self, t: int, url: str | None = None) -> None:
         with self._lock:
             self._end_connect(t, "cancelled", "connect restarted", outcome="cancelled")
+            self._late = None
             if self._episode is not None:
                 self._finish_episode(t, "closed")
             parts = url_parts(url) if url else {}
@@ -175,6 +179,8 @@ class EngineMachine:
                 c = self._container()
                 if c is not None:
                     on_attempt(c, ev.data, t)
+                elif ev.kind == "pc_change" and self._late is not None and not self._late.late_pc_change(ev.data, t):
+                    self._late = None
                 return
             task = WATCHDOG_TASKS.get(ev.kind)
             if task is not None:
@@ -233,7 +239,9 @@ class EngineMachine:
                 return
             ready = c.ready_t if c.ready_t is not None and c.ready_t <= t else None
             end_t = ready if ready is not None else t
-            self._end_connect(end_t, None, None, outcome="ok", inferred_src="connect callback")
+            self._end_connect(end_t, None, None, outcome="ok", inferred_src="connect callback",
+                              late="pc records after connect callback")
+            self._late = c if c.late else None
             if ready is not None and ready < t:
                 k = self._key("callback")
                 if self._out.start("rtc.callback", k, ready):
@@ -266,11 +274,12 @@ class EngineMachine:
         return a
 
     def _end_connect(self, t: int, etype: str | None, err: str | None, *, outcome: str,
-                     inferred_src: str | None = None) -> None:
+                     inferred_src: str | None = None, late: str | None = None) -> None:
         """End the connect's current rtc.attempt (if any) and forget it."""
         c, self._attempt = self._attempt, None
         if c is not None:
-            c.end(t, etype, err, outcome=outcome, inferred_src=inferred_src, attempts_max=self._attempts_max)
+            c.end(t, etype, err, outcome=outcome, inferred_src=inferred_src, attempts_max=self._attempts_max,
+                  late=late)
 
     # ------------------------------------------------------------------ record handlers: connect path
     def _r_connect_retry(self, d: dict[str, Any], t: int) -> None:
@@ -306,6 +315,7 @@ class EngineMachine:
             a.update(inferred(inferred_src))
         if not self._out.start("rtc.reconnect", ep.key, t, a):
             return
+        self._late = None
         self._episode = ep
         pre, self._pre = self._pre, []
         for pt, name, pattrs in pre:
@@ -318,7 +328,8 @@ class EngineMachine:
         self._episode = None
         if ep.attempt is not None:
             if outcome == "recovered":
-                ep.attempt.end(t, None, None, outcome="ok", inferred_src="recovered")
+                ep.attempt.end(t, None, None, outcome="ok", inferred_src="recovered", late="pc records after recovery")
+                self._late = ep.attempt if ep.attempt.late else None
             else:
                 ep.attempt.end(t, etype or "reconnect_failed", err or outcome, outcome="failed")
         if ep.backoff is not None:

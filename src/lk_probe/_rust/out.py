@@ -24,14 +24,18 @@ class Out:
         self.open: dict[Hashable, str] = {}
 
     def start(self, phase: str, key: Hashable, t: int, attrs: dict[str, Any] | None = None,
-              parent: Hashable | None = None) -> bool:
+              parent: Hashable | None = None, context: Any = None) -> bool:
         if key in self.open:
             return False
         if len(self.open) >= MAX_OPEN:
             warn_once("rust.machine.max_open", "lk_probe: too many open Rust engine phases; dropping new ones")
             return False
         self.open[key] = phase
-        self.sink.start(phase, key, t=t, parent=parent, attributes=redact.clean_attributes(attrs))
+        attributes = redact.clean_attributes(attrs)
+        if context is None:
+            self.sink.start(phase, key, t=t, parent=parent, attributes=attributes)
+        else:
+            self.sink.start(phase, key, t=t, parent=parent, attributes=attributes, context=context)
         return True
 
     def end(self, key: Hashable | None, t: int, error_type: str | None = None, error_message: str | None = None,
@@ -45,6 +49,11 @@ class Out:
         if key is not None and key not in self.open:
             key = None
         self.sink.event(key, name, t=t, attributes=redact.clean_attributes(attrs))
+
+    def context(self, key: Hashable) -> Any:
+        """The sink's handle on the open ``key`` for phases placed under it once it has ended (None: no handle)."""
+        fn = getattr(self.sink, "context", None)
+        return fn(key) if fn is not None and key in self.open else None
 
     def set_attributes(self, key: Hashable, attrs: dict[str, Any]) -> None:
         """Refine an open phase now (not only at its end), so a process killed meanwhile still reports it."""
