@@ -13,10 +13,11 @@ from typing import Any, Hashable, Protocol
 
 class PhaseSink(Protocol):
     def start(self, phase: str, key: Hashable, *, t: int, parent: Hashable | None = None,
-              attributes: dict[str, Any] | None = None) -> None:
+              attributes: dict[str, Any] | None = None, context: Any = None) -> Any:
         """A phase instance began. ``key`` names the instance (unique while it is open); ``parent`` is the key of
         the open instance it belongs under, or None for the sink's default parent (the connect span or the room's
-        context)."""
+        context). ``context``, a handle from :meth:`context`, places it under an instance that has ended since (a
+        phase learnt from records that arrived late); it wins over ``parent``."""
 
     def end(self, key: Hashable, *, t: int, error_type: str | None = None, error_message: str | None = None,
             attributes: dict[str, Any] | None = None) -> None:
@@ -27,6 +28,10 @@ class PhaseSink(Protocol):
 
     def set_attributes(self, key: Hashable, attributes: dict[str, Any]) -> None:
         """Optional: refine the attributes of the open instance ``key`` (e.g. a reason learnt after it started)."""
+
+    def context(self, key: Hashable) -> Any:
+        """Optional: a handle on the open instance ``key`` that still parents phases (``start(context=...)``) after
+        ``key`` has ended; None when ``key`` is not open."""
 
 
 @dataclass
@@ -48,7 +53,8 @@ class ListSink:
     def __init__(self) -> None:
         self.calls: list[Call] = []
 
-    def start(self, phase, key, *, t, parent=None, attributes=None):
+    def start(self, phase, key, *, t, parent=None, attributes=None, context=None):
+        # the handle from context() is the parent's key itself: ``parent`` already names it
         self.calls.append(Call("start", key, t, phase=phase, parent=parent, attributes=dict(attributes or {})))
 
     def end(self, key, *, t, error_type=None, error_message=None, attributes=None):
@@ -61,19 +67,9 @@ class ListSink:
     def set_attributes(self, key, attributes):
         self.calls.append(Call("attributes", key, 0, attributes=dict(attributes or {})))
 
+    def context(self, key):
+        return key
+
     # helpers for assertions
     def phases(self) -> list[str]:
         return [c.phase for c in self.calls if c.op == "start"]
-
-    def intervals(self) -> list[tuple[str, Hashable, int, int | None, str | None]]:
-        """(phase, key, start, end or None, error_type) for every started instance, in start order."""
-        open_: dict[Hashable, int] = {}
-        out: list[list[Any]] = []
-        for c in self.calls:
-            if c.op == "start":
-                open_[c.key] = len(out)
-                out.append([c.phase, c.key, c.t, None, None])
-            elif c.op == "end" and c.key in open_:
-                row = out[open_.pop(c.key)]
-                row[3], row[4] = c.t, c.error_type
-        return [tuple(r) for r in out]  # type: ignore[misc]

@@ -217,6 +217,9 @@ def check_real(rows, sink, sc, ver):
     assert att and att[-1][4] is None, "every captured connect finally succeeded"
     for r in rows:  # children inside their parents, durations from the record times
         assert r[3] is not None and r[3] >= r[2]
+    # the successful attempt has its PC phase, also when the PC's records arrived after the connect callback
+    pcs = [r for r in rows if r[0] == "rtc.pc" and r[1] == "rtc.attempt" and att[-1][2] <= r[2]]
+    assert pcs and all(p[4] is None and p[3] <= att[-1][3] for p in pcs)
     if sc in ("ok", "leave_resume", "leave_reconnect", "refuse_resume", "signal_abort", "leave_disconnect"):
         assert len(att) == 1
     if sc == "signal_timeout_once":

@@ -1,6 +1,6 @@
 """The engine state machine: Rust records + FFI room events → phases of the connect path and of reconnect episodes.
 
-Fed by the bridge (records, room events) and by the lead's Room.connect patch (``connect_started``,
+Fed by the bridge (records, room events) and by the Room.connect patch (``connect_started``,
 ``connect_finished``, ``closed``). Every public method takes ``t`` in ns since the epoch, is thread-safe (records
 arrive on Rust threads, connect calls on the asyncio thread) and never raises (guarded).
 
@@ -14,7 +14,9 @@ connect
     rtc.region_fetch (inferred)            cloud hosts only, after a failure; split from validate only when a
                                            timeout or 'unexpected signal error' fixes the boundary
     rtc.join                               signal open → 'received JoinResponse' (server_info attributes)
-    rtc.pc (publisher/subscriber)          'connection change, Connecting X' → 'Connected X' | Failed | Closed
+    rtc.pc (publisher/subscriber)          'connection change, Connecting X' → 'Connected X' | Failed | Closed;
+                                           when both records arrive after the attempt ended well (connect
+                                           callback, recovery), inferred, ending when the attempt ended
   rtc.callback                             engine connected (last PC connected / 'connection setup took') →
                                            connect callback
 reconnect
@@ -31,20 +33,18 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
-from .._errors import guarded, warn_once
-from .. import _redact as redact
+from .._errors import guarded
+from .._sink import PhaseSink
+from .attempt import Attempt
+from .out import MAX_OPEN, Out, inferred
 from .records import (EngineEvent, Era, classify_error, era_of_ffi_version, era_of_rtc_version, parse,
                       url_parts)
 
 __all__ = ["EngineMachine", "EVENTS", "ERROR_TYPES", "DISCONNECT_REASONS"]
 
 S = 1_000_000_000
-REGION_FETCH_TIMEOUT = 3 * S
-VALIDATE_TIMEOUT = 3 * S
-JOIN_RESPONSE_TIMEOUT = 5 * S
 PRE_EPISODE_WINDOW = 2 * S
 MAX_PRE_EVENTS = 8
-MAX_OPEN = 64
 
 # event names this machine emits (name → attribute keys)
 EVENTS: dict[str, tuple[str, ...]] = {
@@ -69,7 +69,7 @@ ERROR_TYPES = ("timeout", "refused", "http_404", "http_4xx", "http_5xx", "auth",
                "region_fetch_timeout", "region_fetch", "leave", "server_disconnect", "reconnect_failed",
                "disconnected", "cancelled", "error")
 
-# livekit.rtc DisconnectReason ints (rust-phases.md P9)
+# livekit.rtc DisconnectReason ints (the `disconnected` event's reason)
 DISCONNECT_REASONS = {0: "UNKNOWN_REASON", 1: "CLIENT_INITIATED", 2: "DUPLICATE_IDENTITY", 3: "SERVER_SHUTDOWN",
                       4: "PARTICIPANT_REMOVED", 5: "ROOM_DELETED", 6: "STATE_MISMATCH", 7: "JOIN_FAILURE",
                       8: "MIGRATION", 9: "SIGNAL_CLOSE", 10: "ROOM_CLOSED", 11: "USER_UNAVAILABLE",
@@ -79,70 +79,11 @@ DISCONNECT_REASONS = {0: "UNKNOWN_REASON", 1: "CLIENT_INITIATED", 2: "DUPLICATE_
 IDLE, CONNECTING, CONNECTED, DISCONNECTED = "idle", "connecting", "connected", "disconnected"
 GAVE_UP = "gave_up"  # the engine closed after reconnection failed; the `disconnected` event may still come (1.1.21+)
 
+# watchdog record kind → the engine task it names ('<task> taking too much time')
+WATCHDOG_TASKS = {"watchdog_signal": "signal_event", "watchdog_rtc": "rtc_event", "watchdog_session": "session_event",
+                  "watchdog_engine": "engine_event", "watchdog_ffi": "ffi_room_event"}
+
 _ids = itertools.count(1)
-
-
-class _Out:
-    """The sink as the machine sees it: redacts every string, never ends a key twice, caps open phases."""
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-        self.open: dict[Hashable, str] = {}
-
-    def start(self, phase: str, key: Hashable, t: int, attrs: dict[str, Any] | None = None,
-              parent: Hashable | None = None) -> bool:
-        if key in self.open:
-            return False
-        if len(self.open) >= MAX_OPEN:
-            warn_once("rust.machine.max_open", "lk_probe: too many open Rust engine phases; dropping new ones")
-            return False
-        self.open[key] = phase
-        self.sink.start(phase, key, t=t, parent=parent, attributes=redact.clean_attributes(attrs))
-        return True
-
-    def end(self, key: Hashable | None, t: int, error_type: str | None = None, error_message: str | None = None,
-            attrs: dict[str, Any] | None = None) -> None:
-        if key is None or self.open.pop(key, None) is None:
-            return
-        msg = redact.clean(error_message) if error_message else None
-        self.sink.end(key, t=t, error_type=error_type, error_message=msg, attributes=redact.clean_attributes(attrs))
-
-    def event(self, key: Hashable | None, name: str, t: int, attrs: dict[str, Any] | None = None) -> None:
-        if key is not None and key not in self.open:
-            key = None
-        self.sink.event(key, name, t=t, attributes=redact.clean_attributes(attrs))
-
-    def set_attributes(self, key: Hashable, attrs: dict[str, Any]) -> None:
-        """Refine an open phase now (not only at its end), so a process killed meanwhile still reports it."""
-        fn = getattr(self.sink, "set_attributes", None)
-        if key in self.open and fn is not None:
-            fn(key, redact.clean_attributes(attrs))
-
-
-def _inferred(src: str) -> dict[str, Any]:
-    return {"lk_probe.inferred": True, "lk_probe.inferred_from": src}
-
-
-@dataclass
-class _Container:
-    """An rtc.attempt or rtc.reconnect.attempt, with the phases that run inside it."""
-
-    key: Hashable
-    n: int
-    t: int
-    mode: str  # "connect" | "resume" | "restart"
-    cloud: bool = False
-    signal: Hashable | None = None
-    signal_region: bool = False
-    next_signal_region: bool = False
-    pending_t: int | None = None  # a signal connect failed at this time; validate/region not resolved yet
-    validate: Hashable | None = None
-    region: Hashable | None = None
-    join: Hashable | None = None
-    join_t: int = 0
-    pcs: dict[str, Hashable] = field(default_factory=dict)
-    ready_t: int | None = None
-    first_error: str | None = None
 
 
 @dataclass
@@ -150,21 +91,22 @@ class _Episode:
     key: Hashable
     t: int
     attrs: dict[str, Any] = field(default_factory=dict)
-    attempt: _Container | None = None
+    attempt: Attempt | None = None
     backoff: Hashable | None = None
     disconnect_reason: str | None = None
     terminal: str | None = None  # 1.1.21+: the server / auth ended the episode ('… during resume|restart')
 
 
 class EngineMachine:
-    """One per Room (the lead decides which is active). See the module docstring for the phases.
+    """One per Room (the Room.connect patch decides which one the records go to). See the module docstring for
+    the phases; the phases inside one attempt are :class:`~lk_probe._rust.attempt.Attempt`'s.
 
     Thread-safe: every public method takes the machine's lock, and the sink is called while it is held (a sink must
     not call back into the machine). Memory is bounded by construction: one connect attempt and one episode with a
     fixed set of child slots, at most ``MAX_PRE_EVENTS`` held events and ``MAX_OPEN`` open phases."""
 
-    def __init__(self, sink: Any, *, version: str | None = None) -> None:
-        self._out = _Out(sink)
+    def __init__(self, sink: PhaseSink, *, version: str | None = None) -> None:
+        self._out = Out(sink)
         self._lock = threading.RLock()
         self._id = next(_ids)
         self._seq = itertools.count(1)
@@ -174,21 +116,15 @@ class EngineMachine:
         self._host: str | None = None
         self._port: int | None = None
         self._cloud = False
-        self._attempt: _Container | None = None
+        self._attempt: Attempt | None = None
+        self._late: Attempt | None = None  # ended well before any PC record: late PC records still go to it
         self._attempts_max = 4  # join_retries 3 (Rust default) + 1
         self._episode: _Episode | None = None
         self._pre: list[tuple[int, str, dict[str, Any]]] = []
-        self._connect_t: int | None = None
 
     # ------------------------------------------------------------------ helpers
     def _key(self, what: str) -> Hashable:
         return ("lk_probe.rust", self._id, what, next(self._seq))
-
-    def _open_child(self, parent: Hashable, phase: str, what: str, t: int,
-                    attrs: dict[str, Any] | None) -> Hashable | None:
-        """Start ``phase`` under ``parent``: its key, or None when the sink did not open it."""
-        key = self._key(what)
-        return key if self._out.start(phase, key, t, attrs, parent=parent) else None
 
     def _fingerprint(self, ev: EngineEvent) -> None:
         era = ev.era
@@ -203,17 +139,12 @@ class EngineMachine:
         """The innermost open phase (for events)."""
         c = self._episode.attempt if self._episode is not None else self._attempt
         if c is not None:
-            for k in (c.signal, c.join, c.validate, c.region):
-                if k is not None:
-                    return k
-            for k in c.pcs.values():
-                return k
-            return c.key
+            return c.innermost()
         if self._episode is not None:
             return self._episode.backoff or self._episode.key
         return None
 
-    def _container(self) -> _Container | None:
+    def _container(self) -> Attempt | None:
         if self._episode is not None:
             return self._episode.attempt
         if self.state == CONNECTING:
@@ -224,18 +155,16 @@ class EngineMachine:
     @guarded("rust.machine.connect_started")
     def connect_started(self, t: int, url: str | None = None) -> None:
         with self._lock:
-            if self._attempt is not None:
-                self._end_container(self._attempt, t, "cancelled", "connect restarted", outcome="cancelled")
-                self._attempt = None
+            self._end_connect(t, "cancelled", "connect restarted", outcome="cancelled")
+            self._late = None
             if self._episode is not None:
                 self._finish_episode(t, "closed")
             parts = url_parts(url) if url else {}
             self._host, self._port = parts.get("host"), parts.get("port")
             self._cloud = bool(parts.get("cloud"))
             self.state = CONNECTING
-            self._connect_t = t
             self._attempts_max = 4
-            self._attempt = self._start_container("rtc.attempt", 1, t, "connect")
+            self._attempt = self._start_attempt(1, t, "connect")
 
     @guarded("rust.machine.record")
     def record(self, ev: EngineEvent | None, t: int) -> None:
@@ -245,6 +174,18 @@ class EngineMachine:
             self._fingerprint(ev)
             if self._pre and t - self._pre[0][0] > PRE_EPISODE_WINDOW:
                 self._flush_pre()
+            on_attempt = Attempt.RECORDS.get(ev.kind)
+            if on_attempt is not None:  # a phase inside the current attempt
+                c = self._container()
+                if c is not None:
+                    on_attempt(c, ev.data, t)
+                elif ev.kind == "pc_change" and self._late is not None and not self._late.late_pc_change(ev.data, t):
+                    self._late = None
+                return
+            task = WATCHDOG_TASKS.get(ev.kind)
+            if task is not None:
+                self._watchdog(task, ev.data, t)
+                return
             handler = getattr(self, "_r_" + ev.kind, None)
             if handler is not None:
                 handler(ev.data, t)
@@ -286,21 +227,21 @@ class EngineMachine:
     @guarded("rust.machine.connect_finished")
     def connect_finished(self, t: int, error: str | None = None) -> None:
         with self._lock:
-            c = self._attempt
             if self.state != CONNECTING:
                 return
-            self._attempt = None
             if error:
                 self.state = IDLE
-                if c is not None:
-                    self._end_container(c, t, classify_error(error), error, outcome="failed")
+                self._end_connect(t, classify_error(error), error, outcome="failed")
                 return
             self.state = CONNECTED
+            c = self._attempt
             if c is None:
                 return
             ready = c.ready_t if c.ready_t is not None and c.ready_t <= t else None
             end_t = ready if ready is not None else t
-            self._end_container(c, end_t, None, None, outcome="ok", inferred_src="connect callback")
+            self._end_connect(end_t, None, None, outcome="ok", inferred_src="connect callback",
+                              late="pc records after connect callback")
+            self._late = c if c.late else None
             if ready is not None and ready < t:
                 k = self._key("callback")
                 if self._out.start("rtc.callback", k, ready):
@@ -310,9 +251,7 @@ class EngineMachine:
     def closed(self, t: int) -> None:
         with self._lock:
             self._flush_pre()
-            if self._attempt is not None:
-                self._end_container(self._attempt, t, "cancelled", "room closed", outcome="cancelled")
-                self._attempt = None
+            self._end_connect(t, "cancelled", "room closed", outcome="cancelled")
             if self._episode is not None:
                 self._finish_episode(t, "closed")
             for k in list(self._out.open):
@@ -322,314 +261,45 @@ class EngineMachine:
     def open_count(self) -> int:
         return len(self._out.open)
 
-    # ------------------------------------------------------------------ containers
-    def _start_container(self, phase: str, n: int, t: int, mode: str) -> _Container:
-        c = _Container(self._key(mode + "-attempt"), n, t, mode, cloud=self._cloud)
-        if phase == "rtc.attempt":
-            attrs = {"lk_probe.attempt": n, "lk_probe.attempts_max": self._attempts_max}
-            self._out.start(phase, c.key, t, attrs)
+    # ------------------------------------------------------------------ attempts
+    def _start_attempt(self, n: int, t: int, mode: str) -> Attempt:
+        a = Attempt(self._out, self._key, n, t, mode, cloud=self._cloud, host=self._host, port=self._port)
+        if mode == "connect":
+            attrs: dict[str, Any] = {"lk_probe.attempt": n, "lk_probe.attempts_max": self._attempts_max}
+            self._out.start("rtc.attempt", a.key, t, attrs)
         else:
             attrs = {"lk_probe.attempt": n, "lk_probe.reconnect.mode": mode}
-            self._out.start(phase, c.key, t, attrs, parent=self._episode.key if self._episode else None)
-        return c
+            self._out.start("rtc.reconnect.attempt", a.key, t, attrs,
+                            parent=self._episode.key if self._episode else None)
+        return a
 
-    def _end_container(self, c: _Container, t: int, etype: str | None, err: str | None, *, outcome: str,
-                       inferred_src: str | None = None) -> None:
-        """End c and everything open inside it. With an error, open children fail with what the error says;
-        without one, children still open are closed at t and marked inferred."""
-        self._resolve_pending(c, t, err)
-        ok_attrs = None if etype else _inferred(inferred_src or "end of the enclosing attempt")
-        if c.signal is not None:
-            self._out.end(c.signal, t, etype, err if etype else None, ok_attrs)
-            c.signal = None
-        if c.join is not None:
-            if etype is not None and c.cloud and etype != "join_timeout" and t - c.join_t > JOIN_RESPONSE_TIMEOUT:
-                # the join timed out, then the region fetch ran until this failure
-                jt = c.join_t + JOIN_RESPONSE_TIMEOUT
-                self._out.end(c.join, jt, "join_timeout", "failed to receive JoinResponse (inferred)")
-                c.join = None
-                self._region_span(c, jt, t, etype if etype.startswith("region") else None, err,
-                                  "JoinResponse timeout (5 s) → attempt end")
-            else:
-                jtype = "join_timeout" if etype in ("region_fetch_timeout", "region_fetch") else etype
-                self._out.end(c.join, t, jtype, err if jtype else None, ok_attrs)
-                c.join = None
-        for k in list(c.pcs.values()):
-            self._out.end(k, t, etype, err if etype else None, ok_attrs)
-        c.pcs.clear()
-        if c.validate is not None:
-            self._out.end(c.validate, t)
-            c.validate = None
-        if c.region is not None:
-            rt = etype if etype and etype.startswith("region") else None
-            self._out.end(c.region, t, rt, err if rt else None)
-            c.region = None
-        attrs: dict[str, Any] = {"lk_probe.outcome": outcome}
-        if c.mode == "connect":
-            attrs["lk_probe.attempts_max"] = self._attempts_max
-        if etype is not None and c.first_error is not None and c.first_error != etype and (
-                _from_validate(err) or etype in ("region_fetch_timeout", "region_fetch")):
-            # livekit 1.1.2 replaces the cause with the validate / region fetch error: the attempt reports the
-            # first failure (the signal connect), the error Rust reported stays in the message and this attribute
-            attrs["lk_probe.error.reported_type"] = etype
-            etype = c.first_error
-        self._out.end(c.key, t, etype, err if etype else None, attrs)
-
-    def _region_span(self, c: _Container, start: int, end: int, etype: str | None, err: str | None,
-                     src: str) -> None:
-        k = self._key("region")
-        if self._out.start("rtc.region_fetch", k, start, _inferred(src), parent=c.key):
-            self._out.end(k, end, etype, err if etype else None)
-
-    def _validate_span(self, c: _Container, start: int, end: int, etype: str | None, err: str | None,
-                       src: str) -> None:
-        k = self._key("validate")
-        if self._out.start("rtc.validate", k, start, _inferred(src), parent=c.key):
-            self._out.end(k, end, etype, err if etype else None)
-
-    def _resolve_pending(self, c: _Container, t: int, region_err: str | None, *, region_ok: bool = False,
-                         why: str = "attempt end") -> None:
-        """A signal connect failed at c.pending_t; the next record at t tells where validate/region ended."""
-        t0 = c.pending_t
-        if t0 is None:
-            return
-        c.pending_t = None
-        etype = classify_error(region_err) if region_err else None
-        region_failed = etype in ("region_fetch_timeout", "region_fetch") or (
-            region_err is not None and "region" in region_err.lower())
-        if c.validate is not None:  # non-cloud: validate was started eagerly
-            vt = etype if _from_validate(region_err) else None
-            self._out.end(c.validate, t, vt, region_err if vt else None)
-            c.validate = None
-            return
-        if not c.cloud:
-            return
-        src = f"signal connection failed → {why}"
-        if region_failed and etype == "region_fetch_timeout":
-            split = max(t0, t - REGION_FETCH_TIMEOUT)
-            if split > t0:
-                self._validate_span(c, t0, split, None, None, src + " (region fetch = its last 3 s)")
-            self._region_span(c, split, t, "region_fetch_timeout", region_err, src + " (3 s region timeout)")
-        elif etype == "validate_timeout":
-            split = min(t, t0 + VALIDATE_TIMEOUT)
-            self._validate_span(c, t0, split, "validate_timeout", region_err, src + " (3 s validate timeout)")
-            self._region_span(c, split, t, None, None, src + " (after the validate timeout)")
-        else:
-            self._region_span(c, t0, t, etype if region_failed else None, region_err if region_failed else None,
-                              src + "; includes the validate request (not separable)")
+    def _end_connect(self, t: int, etype: str | None, err: str | None, *, outcome: str,
+                     inferred_src: str | None = None, late: str | None = None) -> None:
+        """End the connect's current rtc.attempt (if any) and forget it."""
+        c, self._attempt = self._attempt, None
+        if c is not None:
+            c.end(t, etype, err, outcome=outcome, inferred_src=inferred_src, attempts_max=self._attempts_max,
+                  late=late)
 
     # ------------------------------------------------------------------ record handlers: connect path
-    def _r_signal_connecting(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is None:
-            return
-        self._resolve_pending(c, t, None, why="connecting to")
-        if c.validate is not None:
-            self._out.end(c.validate, t)
-            c.validate = None
-        if c.region is not None:
-            self._out.end(c.region, t)
-            c.region = None
-        if c.signal is not None:
-            self._out.end(c.signal, t, None, None, _inferred("next 'connecting to'"))
-        if c.join is not None:
-            self._out.end(c.join, t, "closed", "superseded by a new signal connect")
-            c.join = None
-        parts = url_parts(d.get("url", ""))
-        attrs: dict[str, Any] = {}
-        host = parts.get("host") or self._host
-        if host:
-            attrs["server.address"] = host
-            attrs["server.port"] = parts.get("port") or self._port
-        if parts.get("path"):
-            attrs["lk_probe.signal.path"] = parts["path"]
-        if c.next_signal_region:
-            attrs["lk_probe.signal.region_fallback"] = True
-            c.next_signal_region = False
-        if parts.get("cloud"):
-            c.cloud = True
-        c.signal = self._open_child(c.key, "rtc.signal", "signal", t, attrs)
-
-    def _r_signal_ok(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is None or c.signal is None:
-            return
-        attrs = {"lk_probe.signal.path": d["path"]} if d.get("path") else None
-        self._out.end(c.signal, t, attrs=attrs)
-        c.signal = None
-        c.join_t = t
-        kind = "reconnect" if c.mode == "resume" else "join"
-        c.join = self._open_child(c.key, "rtc.join", "join", t, {"lk_probe.join.response": kind})
-
-    def _signal_failed(self, c: _Container, err: str, t: int, path: str | None) -> None:
-        etype = classify_error(err)
-        if c.signal is not None:
-            self._out.end(c.signal, t, etype, err, {"lk_probe.signal.path": path} if path else None)
-            c.signal = None
-        c.first_error = c.first_error or etype
-        if etype == "http_404" and path == "v1":
-            c.first_error = None
-            return  # the v0 fallback follows at once, no validate
-        if etype == "auth" and "TokenFormat" in err:
-            return
-        c.pending_t = t
-        if not c.cloud:
-            c.validate = self._open_child(c.key, "rtc.validate", "validate", t,
-                                          _inferred("signal connection failed"))
-
-    def _r_signal_failed(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is not None:
-            self._signal_failed(c, d.get("error", ""), t, d.get("path"))
-
-    def _r_v0_failed(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is not None:
-            self._signal_failed(c, d.get("error", ""), t, "v0")
-
-    def _r_v1_fallback(self, d: dict[str, Any], t: int) -> None:
-        pass  # the failed v1 span already says http_404; the next 'connecting to' is the v0 span
-
-    def _r_unexpected_signal_error(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is None or c.pending_t is None:
-            return
-        t0 = c.pending_t
-        c.pending_t = None
-        if c.validate is not None:
-            self._out.end(c.validate, t)
-            c.validate = None
-        elif c.cloud:
-            self._validate_span(c, t0, t, None, None, "signal connection failed → unexpected signal error")
-        if c.cloud:
-            c.region = self._open_child(c.key, "rtc.region_fetch", "region", t,
-                                        _inferred("unexpected signal error"))
-
-    def _r_region_connect(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is None:
-            return
-        c.cloud = True
-        if c.region is not None:
-            self._out.end(c.region, t)
-            c.region = None
-        elif c.join is not None:  # join timed out, region fetched
-            jt = min(t, c.join_t + JOIN_RESPONSE_TIMEOUT)
-            self._out.end(c.join, jt, "join_timeout", "failed to receive JoinResponse (inferred)")
-            c.join = None
-            self._region_span(c, jt, t, None, None, "JoinResponse timeout (5 s) → fallback connection to")
-        else:
-            self._resolve_pending(c, t, None, region_ok=True, why="fallback connection to")
-        c.next_signal_region = True
-
-    def _r_region_failed(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is None:
-            return
-        err = d.get("error", "region fetch failed")
-        etype = classify_error(err)
-        if etype not in ("region_fetch_timeout", "region_fetch"):
-            etype = "region_fetch"
-        c.cloud = True
-        if c.region is not None:
-            self._out.end(c.region, t, etype, err)
-            c.region = None
-        elif c.join is not None:
-            jt = min(t, c.join_t + JOIN_RESPONSE_TIMEOUT)
-            self._out.end(c.join, jt, "join_timeout", "failed to receive JoinResponse (inferred)")
-            c.join = None
-            start = max(jt, t - REGION_FETCH_TIMEOUT) if etype == "region_fetch_timeout" else jt
-            self._region_span(c, start, t, etype, err, "JoinResponse timeout (5 s) → failed to fetch region urls")
-        elif c.pending_t is not None:
-            self._resolve_pending(c, t, err if "region" in err.lower() else "region error: " + err,
-                                  why="failed to fetch region urls")
-        else:
-            self._region_span(c, t, t, etype, err, "failed to fetch region urls (start unknown)")
-
-    _r_region_stale = _r_region_failed
-
-    def _r_join_response(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is None:
-            return
-        attrs = {}
-        for src, dst in (("region", "lk_probe.server.region"), ("node_id", "lk_probe.server.node_id"),
-                         ("version", "lk_probe.server.version"), ("protocol", "lk_probe.server.protocol"),
-                         ("subscriber_primary", "lk_probe.subscriber_primary")):
-            if src in d:
-                attrs[dst] = d[src]
-        if c.join is not None:
-            self._out.end(c.join, t, attrs=attrs)
-            c.join = None
-            return
-        if c.signal is not None:
-            self._out.end(c.signal, t, attrs=_inferred("received JoinResponse"))
-            c.signal = None
-        self._out.event(c.key, "rtc.join_response", t, attrs)
-
-    def _r_reconnect_response(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is None:
-            return
-        if c.join is not None:
-            self._out.end(c.join, t)
-            c.join = None
-        elif c.signal is not None:
-            self._out.end(c.signal, t, attrs=_inferred("received reconnect response"))
-            c.signal = None
-
-    def _r_pc_change(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        pc, state = d["pc"], d["state"]
-        if c is None:
-            return
-        k = c.pcs.get(pc)
-        if state == "Connecting":
-            if k is None:
-                k = self._key("pc-" + pc)
-                if self._out.start("rtc.pc", k, t, {"lk_probe.pc": pc}, parent=c.key):
-                    c.pcs[pc] = k
-        elif state == "Connected":
-            if k is not None:
-                self._out.end(k, t)
-                del c.pcs[pc]
-            c.ready_t = t
-        elif state in ("Failed", "Closed", "Disconnected"):
-            if k is not None and state != "Disconnected":
-                self._out.end(k, t, "pc_failed" if state == "Failed" else "closed",
-                              f"connection change, {state} {pc}")
-                del c.pcs[pc]
-
-    def _r_setup_took(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is None:
-            return
-        c.ready_t = t
-        self._out.event(c.key, "rtc.connection_setup", t, {"lk_probe.setup_ms": d.get("ms")})
-
     def _r_connect_retry(self, d: dict[str, Any], t: int) -> None:
         if self.state != CONNECTING or self._attempt is None:
             return
-        c = self._attempt
         self._attempts_max = d["n"] + 1
         err = d.get("error", "")
-        self._end_container(c, t, classify_error(err), err, outcome="failed")
-        nxt = d["i"] + 1
-        self._attempt = self._start_container("rtc.attempt", nxt, t, "connect")
+        self._end_connect(t, classify_error(err), err, outcome="failed")
+        self._attempt = self._start_attempt(d["i"] + 1, t, "connect")
 
     def _r_connect_error(self, d: dict[str, Any], t: int) -> None:
         if self.state != CONNECTING or self._attempt is None:
             return
         err = d.get("error", "")
-        self._end_container(self._attempt, t, classify_error(err), err, outcome="failed")
-        self._attempt = None
+        self._end_connect(t, classify_error(err), err, outcome="failed")
 
     def _r_auth_rejected_connect(self, d: dict[str, Any], t: int) -> None:
         if self.state != CONNECTING or self._attempt is None:
             return
-        self._end_container(self._attempt, t, "auth", "authentication rejected during connect" + d.get("error", ""),
-                            outcome="failed")
-        self._attempt = None
+        self._end_connect(t, "auth", "authentication rejected during connect" + d.get("error", ""), outcome="failed")
 
     def _r_ready_timeout(self, d: dict[str, Any], t: int) -> None:
         self._out.event(self._active(), "rtc.ready_timeout", t)
@@ -642,9 +312,10 @@ class EngineMachine:
         ep = _Episode(self._key("reconnect"), t, dict(attrs))
         a = dict(attrs)
         if inferred_src:
-            a.update(_inferred(inferred_src))
+            a.update(inferred(inferred_src))
         if not self._out.start("rtc.reconnect", ep.key, t, a):
             return
+        self._late = None
         self._episode = ep
         pre, self._pre = self._pre, []
         for pt, name, pattrs in pre:
@@ -657,9 +328,10 @@ class EngineMachine:
         self._episode = None
         if ep.attempt is not None:
             if outcome == "recovered":
-                self._end_container(ep.attempt, t, None, None, outcome="ok", inferred_src="recovered")
+                ep.attempt.end(t, None, None, outcome="ok", inferred_src="recovered", late="pc records after recovery")
+                self._late = ep.attempt if ep.attempt.late else None
             else:
-                self._end_container(ep.attempt, t, etype or "reconnect_failed", err or outcome, outcome="failed")
+                ep.attempt.end(t, etype or "reconnect_failed", err or outcome, outcome="failed")
         if ep.backoff is not None:
             self._out.end(ep.backoff, t)
         attrs = dict(ep.attrs)
@@ -712,12 +384,12 @@ class EngineMachine:
                 return
         ep = self._episode
         if ep.attempt is not None:
-            self._end_container(ep.attempt, t, "error", "next attempt started", outcome="failed")
+            ep.attempt.end(t, "error", "next attempt started", outcome="failed")
             ep.attempt = None
         if ep.backoff is not None:
             self._out.end(ep.backoff, t)
             ep.backoff = None
-        ep.attempt = self._start_container("rtc.reconnect.attempt", n, t, mode)
+        ep.attempt = self._start_attempt(n, t, mode)
 
     def _r_resume_attempt(self, d: dict[str, Any], t: int) -> None:
         self._attempt_start(d, t, "resume")
@@ -730,10 +402,11 @@ class EngineMachine:
         if ep is None or ep.attempt is None:
             return
         err = d.get("error", "")
-        self._end_container(ep.attempt, t, etype or classify_error(err), err, outcome="failed")
+        ep.attempt.end(t, etype or classify_error(err), err, outcome="failed")
         ep.attempt = None
         if backoff:
-            ep.backoff = self._open_child(ep.key, "rtc.reconnect.backoff", "backoff", t, None)
+            k = self._key("backoff")
+            ep.backoff = k if self._out.start("rtc.reconnect.backoff", k, t, parent=ep.key) else None
 
     def _r_resume_failed(self, d: dict[str, Any], t: int) -> None:
         self._attempt_failed(d, t)
@@ -796,8 +469,8 @@ class EngineMachine:
 
     def _r_pc_failed(self, d: dict[str, Any], t: int) -> None:
         c = self._container()
-        if c is not None and d["pc"] in c.pcs:
-            self._out.end(c.pcs.pop(d["pc"]), t, "pc_failed", f"{d['pc'].capitalize()} pc state failed")
+        if c is not None:
+            c.pc_failed(d["pc"], t)
         self._event_or_pre("rtc.pc_failed", t, {"lk_probe.pc": d["pc"]})
 
     def _r_leave_request(self, d: dict[str, Any], t: int) -> None:
@@ -824,21 +497,6 @@ class EngineMachine:
         self._out.event(self._active(), "rtc.watchdog", t, {"lk_probe.watchdog.task": task,
                                                              "lk_probe.watchdog.message_kind": d.get("message_kind")})
 
-    def _r_watchdog_signal(self, d: dict[str, Any], t: int) -> None:
-        self._watchdog("signal_event", d, t)
-
-    def _r_watchdog_rtc(self, d: dict[str, Any], t: int) -> None:
-        self._watchdog("rtc_event", d, t)
-
-    def _r_watchdog_session(self, d: dict[str, Any], t: int) -> None:
-        self._watchdog("session_event", d, t)
-
-    def _r_watchdog_engine(self, d: dict[str, Any], t: int) -> None:
-        self._watchdog("engine_event", d, t)
-
-    def _r_watchdog_ffi(self, d: dict[str, Any], t: int) -> None:
-        self._watchdog("ffi_room_event", d, t)
-
     def _r_wrong_packet_seq(self, d: dict[str, Any], t: int) -> None:
         attrs = {"lk_probe.retry.first_seq": d.get("first")}
         if "missing" in d:
@@ -848,14 +506,6 @@ class EngineMachine:
     def _r_synth_disconnect(self, d: dict[str, Any], t: int) -> None:
         if self.state != IDLE:
             self._out.event(self._active(), "rtc.participant_disconnected", t, {"lk_probe.synthesized": True})
-
-
-def _from_validate(err: str | None) -> bool:
-    """Errors only the validate request produces (SignalError::Client/Server, or its timeout)."""
-    if not err:
-        return False
-    return "Client(" in err or "Server(" in err or "client error:" in err or "server error:" in err \
-        or "validate request timed out" in err
 
 
 def _reason_name(reason: Any) -> str | None:
