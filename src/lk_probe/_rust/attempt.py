@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Hashable
 
+from .. import _catalogue as c
 from .out import Out, inferred
 from .records import classify_error, url_parts
 
@@ -115,14 +116,14 @@ class Attempt:
             rt = etype if etype and etype.startswith("region") else None
             out.end(self.region, t, rt, err if rt else None)
             self.region = None
-        attrs: dict[str, Any] = {"lk_probe.outcome": outcome}
+        attrs: dict[str, Any] = {c.OUTCOME: outcome}
         if attempts_max is not None:
-            attrs["lk_probe.attempts_max"] = attempts_max
+            attrs[c.ATTEMPTS_MAX] = attempts_max
         if etype is not None and self.first_error is not None and self.first_error != etype and (
                 _from_validate(err) or etype in ("region_fetch_timeout", "region_fetch")):
             # livekit 1.1.2 replaces the cause with the validate / region fetch error: the attempt reports the
             # first failure (the signal connect), the error Rust reported stays in the message and this attribute
-            attrs["lk_probe.error.reported_type"] = etype
+            attrs[c.ERROR_REPORTED_TYPE] = etype
             etype = self.first_error
         out.end(self.key, t, etype, err if etype else None, attrs)
 
@@ -179,12 +180,12 @@ class Attempt:
         attrs: dict[str, Any] = {}
         host = parts.get("host") or self.host
         if host:
-            attrs["server.address"] = host
-            attrs["server.port"] = parts.get("port") or self.port
+            attrs[c.SERVER_ADDRESS] = host
+            attrs[c.SERVER_PORT] = parts.get("port") or self.port
         if parts.get("path"):
-            attrs["lk_probe.signal.path"] = parts["path"]
+            attrs[c.SIGNAL_PATH] = parts["path"]
         if self.next_signal_region:
-            attrs["lk_probe.signal.region_fallback"] = True
+            attrs[c.SIGNAL_REGION_FALLBACK] = True
             self.next_signal_region = False
         if parts.get("cloud"):
             self.cloud = True
@@ -193,17 +194,17 @@ class Attempt:
     def on_signal_ok(self, d: dict[str, Any], t: int) -> None:
         if self.signal is None:
             return
-        attrs = {"lk_probe.signal.path": d["path"]} if d.get("path") else None
+        attrs = {c.SIGNAL_PATH: d["path"]} if d.get("path") else None
         self.out.end(self.signal, t, attrs=attrs)
         self.signal = None
         self.join_t = t
         kind = "reconnect" if self.mode == "resume" else "join"
-        self.join = self._child("rtc.join", "join", t, {"lk_probe.join.response": kind})
+        self.join = self._child("rtc.join", "join", t, {c.JOIN_RESPONSE: kind})
 
     def _signal_failed(self, err: str, t: int, path: str | None) -> None:
         etype = classify_error(err)
         if self.signal is not None:
-            self.out.end(self.signal, t, etype, err, {"lk_probe.signal.path": path} if path else None)
+            self.out.end(self.signal, t, etype, err, {c.SIGNAL_PATH: path} if path else None)
             self.signal = None
         self.first_error = self.first_error or etype
         if etype == "http_404" and path == "v1":
@@ -278,9 +279,9 @@ class Attempt:
     # ------------------------------------------------------------------ records: join, peer connections
     def on_join_response(self, d: dict[str, Any], t: int) -> None:
         attrs = {}
-        for src, dst in (("region", "lk_probe.server.region"), ("node_id", "lk_probe.server.node_id"),
-                         ("version", "lk_probe.server.version"), ("protocol", "lk_probe.server.protocol"),
-                         ("subscriber_primary", "lk_probe.subscriber_primary")):
+        for src, dst in (("region", c.SERVER_REGION), ("node_id", c.SERVER_NODE_ID),
+                         ("version", c.SERVER_VERSION), ("protocol", c.SERVER_PROTOCOL),
+                         ("subscriber_primary", c.SUBSCRIBER_PRIMARY)):
             if src in d:
                 attrs[dst] = d[src]
         self.joined_t = t
@@ -291,7 +292,7 @@ class Attempt:
         if self.signal is not None:
             self.out.end(self.signal, t, attrs=inferred("received JoinResponse"))
             self.signal = None
-        self.out.event(self.key, "rtc.join_response", t, attrs)
+        self.out.event(self.key, c.EV_JOIN_RESPONSE, t, attrs)
 
     def on_reconnect_response(self, d: dict[str, Any], t: int) -> None:
         self.joined_t = t
@@ -308,7 +309,7 @@ class Attempt:
         if state == "Connecting":
             self.pc_seen = True
             if k is None:
-                k = self._child("rtc.pc", "pc-" + pc, t, {"lk_probe.pc": pc})
+                k = self._child("rtc.pc", "pc-" + pc, t, {c.PC: pc})
                 if k is not None:
                     self.pcs[pc] = k
         elif state == "Connected":
@@ -341,7 +342,7 @@ class Attempt:
             floor = self.joined_t if self.joined_t is not None else self.t
             start = min(self.end_t, max(floor, self.end_t - (t - t0)))
             key = self.new_key("pc-" + pc)
-            attrs = {"lk_probe.pc": pc, **inferred(self.late)}
+            attrs = {c.PC: pc, **inferred(self.late)}
             if self.out.start("rtc.pc", key, start, attrs, parent=self.key, context=self.late_ctx):
                 self.out.end(key, self.end_t)
         if self.late_pcs:
@@ -356,7 +357,7 @@ class Attempt:
 
     def on_setup_took(self, d: dict[str, Any], t: int) -> None:
         self.ready_t = t
-        self.out.event(self.key, "rtc.connection_setup", t, {"lk_probe.setup_ms": d.get("ms")})
+        self.out.event(self.key, c.EV_CONNECTION_SETUP, t, {c.SETUP_MS: d.get("ms")})
 
 
 Attempt.RECORDS = {

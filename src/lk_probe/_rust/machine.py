@@ -33,6 +33,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
+from .. import _catalogue as c
 from .._errors import guarded
 from .._sink import PhaseSink
 from .attempt import Attempt
@@ -40,41 +41,11 @@ from .out import MAX_OPEN, Out, inferred
 from .records import (EngineEvent, Era, classify_error, era_of_ffi_version, era_of_rtc_version, parse,
                       url_parts)
 
-__all__ = ["EngineMachine", "EVENTS", "ERROR_TYPES", "DISCONNECT_REASONS"]
+__all__ = ["EngineMachine"]
 
 S = 1_000_000_000
 PRE_EPISODE_WINDOW = 2 * S
 MAX_PRE_EVENTS = 8
-
-# event names this machine emits (name → attribute keys)
-EVENTS: dict[str, tuple[str, ...]] = {
-    "rtc.pc_failed": ("lk_probe.pc",),
-    "rtc.leave": ("lk_probe.leave.reason", "lk_probe.leave.action", "lk_probe.leave.can_reconnect"),
-    "rtc.session_close": ("lk_probe.reconnect.source", "lk_probe.reconnect.reason", "lk_probe.reconnect.action"),
-    "rtc.watchdog": ("lk_probe.watchdog.task", "lk_probe.watchdog.message_kind"),
-    "rtc.moved": (),
-    "rtc.participant_disconnected": ("lk_probe.synthesized", "lk_probe.disconnect_reason"),
-    "rtc.track_republished": (),
-    "rtc.disconnected": ("lk_probe.disconnect_reason",),
-    "rtc.data_retry_gap": ("lk_probe.retry.first_seq", "lk_probe.retry.missing"),
-    "rtc.dc_closed": ("lk_probe.dc.label",),
-    "rtc.connection_setup": ("lk_probe.setup_ms",),
-    "rtc.join_response": ("lk_probe.server.region", "lk_probe.server.node_id", "lk_probe.server.version",
-                          "lk_probe.server.protocol", "lk_probe.subscriber_primary"),
-    "rtc.ready_timeout": (),
-}
-
-ERROR_TYPES = ("timeout", "refused", "http_404", "http_4xx", "http_5xx", "auth", "dns", "tls", "closed",
-               "join_timeout", "reconnect_response_timeout", "pc_timeout", "pc_failed", "validate_timeout",
-               "region_fetch_timeout", "region_fetch", "leave", "server_disconnect", "reconnect_failed",
-               "disconnected", "cancelled", "error")
-
-# livekit.rtc DisconnectReason ints (the `disconnected` event's reason)
-DISCONNECT_REASONS = {0: "UNKNOWN_REASON", 1: "CLIENT_INITIATED", 2: "DUPLICATE_IDENTITY", 3: "SERVER_SHUTDOWN",
-                      4: "PARTICIPANT_REMOVED", 5: "ROOM_DELETED", 6: "STATE_MISMATCH", 7: "JOIN_FAILURE",
-                      8: "MIGRATION", 9: "SIGNAL_CLOSE", 10: "ROOM_CLOSED", 11: "USER_UNAVAILABLE",
-                      12: "USER_REJECTED", 13: "SIP_TRUNK_FAILURE", 14: "CONNECTION_TIMEOUT", 15: "MEDIA_FAILURE",
-                      16: "AGENT_ERROR"}
 
 IDLE, CONNECTING, CONNECTED, DISCONNECTED = "idle", "connecting", "connected", "disconnected"
 GAVE_UP = "gave_up"  # the engine closed after reconnection failed; the `disconnected` event may still come (1.1.21+)
@@ -137,9 +108,9 @@ class EngineMachine:
 
     def _active(self) -> Hashable | None:
         """The innermost open phase (for events)."""
-        c = self._episode.attempt if self._episode is not None else self._attempt
-        if c is not None:
-            return c.innermost()
+        a = self._episode.attempt if self._episode is not None else self._attempt
+        if a is not None:
+            return a.innermost()
         if self._episode is not None:
             return self._episode.backoff or self._episode.key
         return None
@@ -176,9 +147,9 @@ class EngineMachine:
                 self._flush_pre()
             on_attempt = Attempt.RECORDS.get(ev.kind)
             if on_attempt is not None:  # a phase inside the current attempt
-                c = self._container()
-                if c is not None:
-                    on_attempt(c, ev.data, t)
+                a = self._container()
+                if a is not None:
+                    on_attempt(a, ev.data, t)
                 elif ev.kind == "pc_change" and self._late is not None and not self._late.late_pc_change(ev.data, t):
                     self._late = None
                 return
@@ -214,15 +185,15 @@ class EngineMachine:
             elif name == "disconnected":
                 self._disconnected(t, _reason_name(data.get("reason")))
             elif name == "moved":
-                self._out.event(self._active(), "rtc.moved", t)
+                self._out.event(self._active(), c.EV_MOVED, t)
             elif name == "participant_disconnected":
                 if self._episode is not None:
-                    self._out.event(self._active(), "rtc.participant_disconnected", t, {
-                        "lk_probe.synthesized": True,
-                        "lk_probe.disconnect_reason": _reason_name(data.get("disconnect_reason"))})
+                    self._out.event(self._active(), c.EV_PARTICIPANT_DISCONNECTED, t, {
+                        c.SYNTHESIZED: True,
+                        c.DISCONNECT_REASON: _reason_name(data.get("disconnect_reason"))})
             elif name == "local_track_republished":
                 if self._episode is not None:
-                    self._out.event(self._active(), "rtc.track_republished", t)
+                    self._out.event(self._active(), c.EV_TRACK_REPUBLISHED, t)
 
     @guarded("rust.machine.connect_finished")
     def connect_finished(self, t: int, error: str | None = None) -> None:
@@ -234,14 +205,14 @@ class EngineMachine:
                 self._end_connect(t, classify_error(error), error, outcome="failed")
                 return
             self.state = CONNECTED
-            c = self._attempt
-            if c is None:
+            a = self._attempt
+            if a is None:
                 return
-            ready = c.ready_t if c.ready_t is not None and c.ready_t <= t else None
+            ready = a.ready_t if a.ready_t is not None and a.ready_t <= t else None
             end_t = ready if ready is not None else t
             self._end_connect(end_t, None, None, outcome="ok", inferred_src="connect callback",
                               late="pc records after connect callback")
-            self._late = c if c.late else None
+            self._late = a if a.late else None
             if ready is not None and ready < t:
                 k = self._key("callback")
                 if self._out.start("rtc.callback", k, ready):
@@ -265,10 +236,10 @@ class EngineMachine:
     def _start_attempt(self, n: int, t: int, mode: str) -> Attempt:
         a = Attempt(self._out, self._key, n, t, mode, cloud=self._cloud, host=self._host, port=self._port)
         if mode == "connect":
-            attrs: dict[str, Any] = {"lk_probe.attempt": n, "lk_probe.attempts_max": self._attempts_max}
+            attrs: dict[str, Any] = {c.ATTEMPT: n, c.ATTEMPTS_MAX: self._attempts_max}
             self._out.start("rtc.attempt", a.key, t, attrs)
         else:
-            attrs = {"lk_probe.attempt": n, "lk_probe.reconnect.mode": mode}
+            attrs = {c.ATTEMPT: n, c.RECONNECT_MODE: mode}
             self._out.start("rtc.reconnect.attempt", a.key, t, attrs,
                             parent=self._episode.key if self._episode else None)
         return a
@@ -276,9 +247,9 @@ class EngineMachine:
     def _end_connect(self, t: int, etype: str | None, err: str | None, *, outcome: str,
                      inferred_src: str | None = None, late: str | None = None) -> None:
         """End the connect's current rtc.attempt (if any) and forget it."""
-        c, self._attempt = self._attempt, None
-        if c is not None:
-            c.end(t, etype, err, outcome=outcome, inferred_src=inferred_src, attempts_max=self._attempts_max,
+        a, self._attempt = self._attempt, None
+        if a is not None:
+            a.end(t, etype, err, outcome=outcome, inferred_src=inferred_src, attempts_max=self._attempts_max,
                   late=late)
 
     # ------------------------------------------------------------------ record handlers: connect path
@@ -302,7 +273,7 @@ class EngineMachine:
         self._end_connect(t, "auth", "authentication rejected during connect" + d.get("error", ""), outcome="failed")
 
     def _r_ready_timeout(self, d: dict[str, Any], t: int) -> None:
-        self._out.event(self._active(), "rtc.ready_timeout", t)
+        self._out.event(self._active(), c.EV_READY_TIMEOUT, t)
 
     def _r_ffi_init(self, d: dict[str, Any], t: int) -> None:
         pass  # fingerprinting only
@@ -335,9 +306,9 @@ class EngineMachine:
         if ep.backoff is not None:
             self._out.end(ep.backoff, t)
         attrs = dict(ep.attrs)
-        attrs["lk_probe.outcome"] = outcome
+        attrs[c.OUTCOME] = outcome
         if ep.disconnect_reason:
-            attrs["lk_probe.disconnect_reason"] = ep.disconnect_reason
+            attrs[c.DISCONNECT_REASON] = ep.disconnect_reason
         self._out.end(ep.key, t, etype, err, attrs)
         if outcome == "recovered":
             self.state = CONNECTED
@@ -357,8 +328,8 @@ class EngineMachine:
             self._out.event(None, name, pt, attrs)
 
     def _r_session_close(self, d: dict[str, Any], t: int) -> None:
-        attrs = {"lk_probe.reconnect.source": d.get("source"), "lk_probe.reconnect.reason": d.get("reason"),
-                 "lk_probe.reconnect.action": d.get("action")}
+        attrs = {c.RECONNECT_SOURCE: d.get("source"), c.RECONNECT_REASON: d.get("reason"),
+                 c.RECONNECT_ACTION: d.get("action")}
         ep = self._episode
         if ep is None:
             if self.state != CONNECTED:
@@ -368,7 +339,7 @@ class EngineMachine:
             ep.attrs.update(attrs)
             self._out.set_attributes(ep.key, attrs)
         else:
-            self._out.event(self._active(), "rtc.session_close", t, attrs)
+            self._out.event(self._active(), c.EV_SESSION_CLOSE, t, attrs)
 
     def _attempt_start(self, d: dict[str, Any], t: int, mode: str) -> None:
         i = d["i"]
@@ -428,7 +399,7 @@ class EngineMachine:
     def _r_retry_now(self, d: dict[str, Any], t: int) -> None:
         ep = self._episode
         if ep is not None and ep.backoff is not None:
-            self._out.end(ep.backoff, t, attrs={"lk_probe.retry_now": True})
+            self._out.end(ep.backoff, t, attrs={c.RETRY_NOW: True})
             ep.backoff = None
 
     def _r_recovered(self, d: dict[str, Any], t: int) -> None:
@@ -449,7 +420,7 @@ class EngineMachine:
             return  # the connect callback reports it
         if self._episode is None and self.state == CONNECTED and reason not in (None, "CLIENT_INITIATED"):
             # a server-side disconnect whose leave record has not arrived (records and events travel apart)
-            self._start_episode(t, {"lk_probe.reconnect.reason": reason, "lk_probe.reconnect.action": "Disconnect"},
+            self._start_episode(t, {c.RECONNECT_REASON: reason, c.RECONNECT_ACTION: "Disconnect"},
                                 inferred_src="disconnected event")
         if self._episode is not None:
             if reason:
@@ -459,7 +430,7 @@ class EngineMachine:
                                  None if cancelled else f"disconnected: {reason or 'unknown'}")
         if self.state not in (DISCONNECTED, IDLE):
             self._flush_pre()
-            self._out.event(None, "rtc.disconnected", t, {"lk_probe.disconnect_reason": reason or "UNKNOWN_REASON"})
+            self._out.event(None, c.EV_DISCONNECTED, t, {c.DISCONNECT_REASON: reason or "UNKNOWN_REASON"})
         self.state = DISCONNECTED
 
     def _r_room_disconnected(self, d: dict[str, Any], t: int) -> None:
@@ -468,51 +439,51 @@ class EngineMachine:
             self._disconnected(t, reason)
 
     def _r_pc_failed(self, d: dict[str, Any], t: int) -> None:
-        c = self._container()
-        if c is not None:
-            c.pc_failed(d["pc"], t)
-        self._event_or_pre("rtc.pc_failed", t, {"lk_probe.pc": d["pc"]})
+        a = self._container()
+        if a is not None:
+            a.pc_failed(d["pc"], t)
+        self._event_or_pre(c.EV_PC_FAILED, t, {c.PC: d["pc"]})
 
     def _r_leave_request(self, d: dict[str, Any], t: int) -> None:
-        attrs = {"lk_probe.leave.reason": d.get("reason"), "lk_probe.leave.action": d.get("action")}
+        attrs = {c.LEAVE_REASON: d.get("reason"), c.LEAVE_ACTION: d.get("action")}
         if "can_reconnect" in d:
-            attrs["lk_probe.leave.can_reconnect"] = d["can_reconnect"] == "true"
+            attrs[c.LEAVE_CAN_RECONNECT] = d["can_reconnect"] == "true"
         if d.get("action") == "Disconnect":
             # no session close is logged for a Disconnect: the leave itself starts the episode, which the
             # `disconnected` event ends
             if self._episode is None and self.state == CONNECTED:
-                self._start_episode(t, {"lk_probe.reconnect.source": "server request to leave",
-                                        "lk_probe.reconnect.reason": d.get("reason"),
-                                        "lk_probe.reconnect.action": "Disconnect"})
+                self._start_episode(t, {c.RECONNECT_SOURCE: "server request to leave",
+                                        c.RECONNECT_REASON: d.get("reason"),
+                                        c.RECONNECT_ACTION: "Disconnect"})
             if self._episode is not None:
                 self._episode.disconnect_reason = d.get("reason")
-        self._event_or_pre("rtc.leave", t, attrs)
+        self._event_or_pre(c.EV_LEAVE, t, attrs)
 
     def _r_dc_closed(self, d: dict[str, Any], t: int) -> None:
-        self._event_or_pre("rtc.dc_closed", t, {"lk_probe.dc.label": d.get("label")})
+        self._event_or_pre(c.EV_DC_CLOSED, t, {c.DC_LABEL: d.get("label")})
 
     def _watchdog(self, task: str, d: dict[str, Any], t: int) -> None:
         if self.state == IDLE:
             return
-        self._out.event(self._active(), "rtc.watchdog", t, {"lk_probe.watchdog.task": task,
-                                                             "lk_probe.watchdog.message_kind": d.get("message_kind")})
+        self._out.event(self._active(), c.EV_WATCHDOG, t, {c.WATCHDOG_TASK: task,
+                                                             c.WATCHDOG_MESSAGE_KIND: d.get("message_kind")})
 
     def _r_wrong_packet_seq(self, d: dict[str, Any], t: int) -> None:
-        attrs = {"lk_probe.retry.first_seq": d.get("first")}
+        attrs = {c.RETRY_FIRST_SEQ: d.get("first")}
         if "missing" in d:
-            attrs["lk_probe.retry.missing"] = d["missing"]
-        self._out.event(self._active(), "rtc.data_retry_gap", t, attrs)
+            attrs[c.RETRY_MISSING] = d["missing"]
+        self._out.event(self._active(), c.EV_DATA_RETRY_GAP, t, attrs)
 
     def _r_synth_disconnect(self, d: dict[str, Any], t: int) -> None:
         if self.state != IDLE:
-            self._out.event(self._active(), "rtc.participant_disconnected", t, {"lk_probe.synthesized": True})
+            self._out.event(self._active(), c.EV_PARTICIPANT_DISCONNECTED, t, {c.SYNTHESIZED: True})
 
 
 def _reason_name(reason: Any) -> str | None:
     if reason is None:
         return None
     if isinstance(reason, int):
-        return DISCONNECT_REASONS.get(reason, str(reason))
+        return c.DISCONNECT_REASONS.get(reason, str(reason))
     return str(reason)[:64]
 
 

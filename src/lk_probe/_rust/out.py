@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable
 
+from .. import _catalogue as c
 from .._errors import warn_once
 from .._sink import PhaseSink
 from .. import _redact as redact
@@ -13,7 +14,7 @@ MAX_OPEN = 64
 
 def inferred(src: str) -> dict[str, Any]:
     """The attributes of a phase (or a phase's end) that no record marks: ``src`` says what it was placed from."""
-    return {"lk_probe.inferred": True, "lk_probe.inferred_from": src}
+    return {c.INFERRED: True, c.INFERRED_FROM: src}
 
 
 class Out:
