@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import V112, wait_spans
+from .conftest import V112, codes, wait_spans
 
 pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e]
 
@@ -58,6 +58,13 @@ async def test_signal_timeout_then_region_fetch_timeout_is_the_8s_of_the_sip_rep
     assert not spans.phases("rtc.attempt")[1].error
     assert 8.0 < took < 11.0
     assert lk_double.events.of_kind("fault_fired", lambda e: e["name"] == "region_hang")
+    # the diagnosis: egress contention, with the 5 s and the 3 s as its evidence
+    from lk_probe.findings import diagnose
+
+    first = diagnose(spans)[0]
+    assert first.code == "egress_contention" and first.span_id == a1.span_id, first
+    assert f"to {host} timed out after 5." in first.evidence and "timed out after 3." in first.evidence
+    assert "signal_connect_timeout" not in codes(spans)  # explained by the finding above
 
 
 async def test_successful_region_fetch_then_fallback_connect(lk_double, capspans):
