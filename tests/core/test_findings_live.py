@@ -4,26 +4,16 @@ root span and under the attempt it concerns, exactly one WARNING line, and the s
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from lk_probe.findings import diagnose
+from lk_probe.testing.netns import cloud_host
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lk_netns]
 
 
-def _cloud(name: str) -> str:
-    try:
-        if socket.gethostbyname(name).startswith("127."):
-            return name
-    except OSError:
-        pass
-    pytest.skip(f"{name} does not resolve to loopback here (python -m lk_probe.testing.netns maps it)")
-
-
 def test_report_000_gives_one_warning_naming_egress_contention(probe):
-    host = _cloud("lkp-test-5.livekit.cloud")
+    host = cloud_host(5)
     probe.start_worker(url=f"ws://{host}:{probe.double.port}", LKP_MODE="connect")
     probe.double.faults.add("signal_upgrade_delay", delay=8.0, count=1)
     probe.double.faults.add("region_hang", count=1)

@@ -7,24 +7,15 @@ its 3 s timeout — 8 s before the agent could join."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
+from lk_probe.testing.netns import cloud_host as _cloud
+
 from .conftest import V112, codes, wait_spans
 
 pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e]
-
-
-def _cloud(n: int) -> str:
-    name = f"lkp-test-{n}.livekit.cloud"
-    try:
-        if socket.gethostbyname(name).startswith("127."):
-            return name
-    except OSError:
-        pass
-    pytest.skip(f"{name} does not resolve to loopback here (python -m lk_probe.testing.netns maps it)")
 
 
 async def test_signal_timeout_then_region_fetch_timeout_is_the_8s_of_the_sip_report(lk_double, capspans):
