@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the README's generated sections (phases, options, attributes, events, faults) from the code."""
+"""Regenerate the README's generated sections (phases, options, attributes, events, faults, findings) from the code."""
 
 import re
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from lk_probe import _catalogue, _config  # noqa: E402
+from lk_probe import _catalogue, _config, _findings  # noqa: E402
 
 
 def faults_table() -> str:
@@ -24,7 +24,8 @@ def main() -> None:
     text = path.read_text()
     for tag, body in (("phases", _catalogue.markdown_table()), ("options", _config.markdown_table()),
                       ("attributes", _catalogue.attributes_table()), ("events", _catalogue.events_table()),
-                      ("faults", faults_table())):
+                      ("faults", faults_table()),
+                      ("findings", _findings.markdown_table())):
         text = re.sub(rf"(<!-- {tag}:begin -->\n).*?(<!-- {tag}:end -->)", lambda m: m.group(1) + body + "\n" +
                       m.group(2), text, flags=re.S)
     path.write_text(text)

@@ -24,6 +24,12 @@ def test_readme_attribute_and_event_tables_are_the_catalogue():
     assert _between("events") == _catalogue.events_table(), "run: python scripts/sync_readme.py"
 
 
+def test_readme_findings_table_is_the_rules():
+    from lk_probe import _findings
+
+    assert _between("findings") == _findings.markdown_table(), "run: python scripts/sync_readme.py"
+
+
 def test_readme_option_table_is_the_options():
     assert _between("options") == _config.markdown_table(), "run: python scripts/sync_readme.py"
 

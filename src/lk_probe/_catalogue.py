@@ -160,6 +160,16 @@ STALL_ELAPSED = _a("lk_probe.stall.elapsed", _FLOAT, "How long it had been open,
 STALL_BUDGET = _a("lk_probe.stall.budget", _FLOAT, "Its budget, in s.")
 STALL_COUNT = _a("lk_probe.stall.count", _INT, "Which record this is for the phase (1 at the budget, 2 at twice it, …).")
 
+# ---- findings (the diagnosis, see lk_probe._findings) ------------------------------------------------------------
+FINDING_CODE = _a("lk_probe.finding.code", _STR, "The diagnosis: the code of the most specific finding (see the "
+                  "findings table).")
+FINDING_SUMMARY = _a("lk_probe.finding.summary", _STR, "… its one-sentence summary.")
+FINDING_EVIDENCE = _a("lk_probe.finding.evidence", _STR, "… the evidence it rests on (phases, durations, "
+                      "attributes).")
+FINDING_CODES = _a("lk_probe.finding.codes", _STR, "Every finding of the job, most specific first, "
+                   "comma-separated.")
+RTC_VERSION = _a("lk_probe.rtc.version", _STR, "The livekit (rtc) package version that made the connect.")
+
 # ---- events ------------------------------------------------------------------------------------------------------
 EV_WORKER_STATUS = _e("worker.status_changed", "The worker's reported status changed while the job was open.",
                       WORKER_STATUS, WORKER_PREVIOUS_STATUS, WORKER_LOAD)
@@ -225,6 +235,7 @@ DISCONNECT_REASONS = {0: "UNKNOWN_REASON", 1: "CLIENT_INITIATED", 2: "DUPLICATE_
 # metric instruments
 METRIC_PHASE_DURATION = "lk_probe.phase.duration"
 METRIC_PHASE_OUTCOME = "lk_probe.phase.outcome"
+METRIC_FINDINGS = "lk_probe.findings"  # counter, by lk_probe.finding.code
 
 # ================================================================================================================
 # The phases.
@@ -268,7 +279,8 @@ PHASES: tuple[Phase, ...] = (
            "lk.job.worker_id", "lk_probe.job.resuming", "lk_probe.job.server_sent_at",
            "lk_probe.room.created_at", "lk_probe.outcome", "lk_probe.worker.load",
            "lk_probe.worker.status", "lk_probe.worker.load_threshold", "lk_probe.worker.active_jobs",
-           "lk_probe.worker.idle_processes")),
+           "lk_probe.worker.idle_processes", "lk_probe.finding.code", "lk_probe.finding.summary",
+           "lk_probe.finding.evidence", "lk_probe.finding.codes")),
     Phase("job.availability", "job", _I, WORKER,
           "From the AvailabilityRequest to the availability answer sent to the server: the load gate "
           "(1.4.2+) and the user's request handler.",
@@ -309,14 +321,16 @@ PHASES: tuple[Phase, ...] = (
           "JobContext.connect (also the implicit connect of AgentSession.start). On livekit-agents "
           "1.8.2+ agents' own room_connect span plays this role and lk_probe nests under it.",
           "JobContext.connect",
-          ("server.address", "server.port", "lk_probe.outcome", *ICE_ATTRIBUTES), budget=3.0),
+          ("server.address", "server.port", "lk_probe.outcome", "lk_probe.rtc.version", *ICE_ATTRIBUTES),
+          budget=3.0),
     Phase("room_connect", "job_entrypoint", _C, JOB,
           "livekit-agents' own connect span (1.8.2+); lk_probe adds the selected ICE pair to it.",
-          "livekit-agents", ICE_ATTRIBUTES, owner="livekit-agents"),
+          "livekit-agents", ("lk_probe.rtc.version", *ICE_ATTRIBUTES), owner="livekit-agents"),
     Phase("rtc.connect", None, _C, RTC,
           "livekit.rtc.Room.connect for plain rtc users (outside a job's connect span).",
           "livekit.rtc.Room.connect",
-          ("server.address", "server.port", "lk_probe.outcome", *ICE_ATTRIBUTES), budget=3.0),
+          ("server.address", "server.port", "lk_probe.outcome", "lk_probe.rtc.version", *ICE_ATTRIBUTES),
+          budget=3.0),
     # ---- inside the Rust engine: the connect --------------------------------------------------
     Phase("rtc.attempt", "rtc.connect", _I, RTC,
           "One engine connect attempt (i of n): signal, join and peer connections.",
@@ -371,6 +385,11 @@ PHASES: tuple[Phase, ...] = (
           "An event with no open phase to carry it (a Rust watchdog line, a Leave or a data channel closing while "
           "simply connected): a zero-length span holding the event, under the job (or the connect's parent).",
           "any lk_probe event", ("lk_probe.event",)),
+    Phase("finding", None, _I, JOB,
+          "A diagnosis made when the job ended: a zero-length span under the span the finding concerns (that span "
+          "has ended by then), carrying the finding.",
+          "lk_probe's diagnosis at job end (lk_probe._findings)",
+          ("lk_probe.finding.code", "lk_probe.finding.summary", "lk_probe.finding.evidence")),
     Phase("stall", None, _I, JOB,
           "A stall record: an open phase crossed its budget (exported while the phase is still open).",
           "lk_probe budgets",

@@ -85,6 +85,10 @@ class Journal:
             attrs = {k: v for k, v in (attributes or {}).items() if isinstance(v, (str, bool, int, float))}
             self._write({"op": "v", "sid": format(sc.span_id, "016x"), "n": name, "t": t, "a": attrs})
 
+    def verdict(self, attributes: dict[str, Any]) -> None:
+        """The job's diagnosis, for the worker to put on the job's root span (which it owns)."""
+        self._write({"op": "f", "a": {k: v for k, v in attributes.items() if isinstance(v, (str, bool, int, float))}})
+
     def done(self) -> None:
         """The job task finished: the process is about to exit normally."""
         self._write({"op": "done"})
@@ -161,6 +165,22 @@ def completed(path: str) -> bool:
             return b'"op":"done"' in f.read()
     except OSError:
         return False
+
+
+def verdict(path: str) -> dict[str, Any]:
+    """The diagnosis the job process handed over (the root span's ``lk_probe.finding.*`` attributes), or {}."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    for raw in reversed(lines):
+        if raw.startswith(b'{"op":"f"'):
+            try:
+                return dict(json.loads(raw).get("a") or {})
+            except ValueError:
+                return {}
+    return {}
 
 
 def read_open(path: str) -> list[dict[str, Any]]:

@@ -45,6 +45,7 @@ class JobScope:
     job_id: str
     recorder: Recorder | None
     options: Options
+    room: str | None = None  # the room's name, for the job's diagnosis line
     rooms: list[OwnedRoom] = field(default_factory=list)
     connect: ConnectScope | None = None
     closed: bool = False

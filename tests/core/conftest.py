@@ -28,9 +28,11 @@ class Probe:
         self.log_path = tmp_path / "worker.log"
         self.worker: Any = None
 
-    def start_worker(self, agent_name: str = "probe", **env: str) -> Any:
+    def start_worker(self, agent_name: str = "probe", url: str | None = None, **env: str) -> Any:
+        """``url``: the LiveKit URL the worker uses (default: the double's), e.g. a *.livekit.cloud name."""
         full = {**self.otlp_env, "LKP_MARKERS": str(self.markers_path), "OTEL_SERVICE_NAME": "probe-agent", **env}
-        self.worker = self._agent_worker(AGENT, agent_name=agent_name, env=full, log_path=self.log_path)
+        where = {"double_or_url": url} if url else {}
+        self.worker = self._agent_worker(AGENT, agent_name=agent_name, env=full, log_path=self.log_path, **where)
         self.worker.wait_registered(60)
         return self.worker
 
@@ -64,6 +66,10 @@ class Probe:
 
     def worker_log(self) -> str:
         return self.worker.output if self.worker is not None else ""
+
+    def verdict_lines(self, job_id: str) -> list[str]:
+        """The diagnosis lines lk_probe logged for the job (its WARNING 'lk_probe: job <id>…')."""
+        return [line for line in self.worker_log().splitlines() if f"lk_probe: job {job_id}" in line]
 
 
 @pytest.fixture

@@ -95,6 +95,17 @@ def test_sigkill_during_a_resume_episode_exports_the_episode_and_its_open_attemp
                      and s.attributes.get("lk_probe.incomplete")]
     assert open_attempts, spans.summary()
     assert root.attributes["lk_probe.outcome"] == "killed"
+    # report 004's verdict, from the worker (the job process died): the migration that never recovered, naming the
+    # livekit version in use, then the kill; one WARNING line
+    from livekit.rtc import __version__ as rtc_version
+
+    assert root.attributes["lk_probe.finding.code"] == "migration_never_recovers", root.attributes
+    assert f"livekit {rtc_version}" in root.attributes["lk_probe.finding.summary"]
+    # LKP_IDLE=0: the job also had a cold process, the least of its troubles
+    assert root.attributes["lk_probe.finding.codes"].split(",") == ["migration_never_recovers", "process_killed",
+                                                                    "cold_process_start"]
+    (line,) = probe.verdict_lines(job_id)
+    assert "migration_never_recovers" in line and "also: process_killed, cold_process_start" in line
 
 
 def test_exit_status_255_of_a_job_that_finished_is_not_a_failure(capspans, tmp_path, monkeypatch):

@@ -84,6 +84,8 @@ def test_assignment_that_never_comes_times_out_in_the_trace(probe):
     assert root.status_code == "ERROR" and root.attributes["error.type"] == "assignment_timeout"
     assert asg.status_code == "ERROR" and asg.attributes["error.type"] == "assignment_timeout"
     assert 7.3 < asg.duration < 9.0, asg.duration  # livekit-agents' ASSIGNMENT_TIMEOUT is 7.5 s
+    assert root.attributes["lk_probe.finding.code"] == "assignment_timeout"
+    assert len(probe.verdict_lines(job_id)) == 1
     assert not probe.double.events.of_kind("job_assigned", lambda e: e["job"] == job_id)
 
 
@@ -115,6 +117,12 @@ def test_sigkilled_job_process_is_closed_by_the_worker_within_2s(probe):
     assert root.status_code == "ERROR" and root.attributes["lk_probe.outcome"] == "killed"
     assert root.received_ns / 1e9 - killed_at < 2.0
     assert proc.end - killed_at < 1.0
+    # the worker's verdict: on the root, under job.process, and one WARNING line
+    assert root.attributes["lk_probe.finding.code"] == "process_killed"
+    assert "SIGKILL" in root.attributes["lk_probe.finding.evidence"]
+    probe.wait_span(job_id, "finding", timeout=5, predicate=lambda s: s.parent_id == proc.span_id)
+    (line,) = probe.verdict_lines(job_id)
+    assert "WARNING" in line and "process_killed" in line and "room-kill" in line
 
 
 def test_install_three_times_gives_no_duplicate_spans(probe):
@@ -172,6 +180,9 @@ def test_ctx_connect_phases_nest_in_the_job_trace(probe):
     pc = "publisher" if "lk_probe.ice.publisher.protocol" in ice else "subscriber"
     assert ice[f"lk_probe.ice.{pc}.protocol"] == "udp" and ice[f"lk_probe.ice.{pc}.relayed"] is False, ice
     assert ice[f"lk_probe.ice.{pc}.local_candidate_type"] == "host", ice
+    # a healthy job: no finding on the root, no diagnosis line
+    assert "lk_probe.finding.code" not in root.attributes and not spans.named("finding")
+    assert probe.verdict_lines(job_id) == []
 
 
 def test_job_process_is_traced_even_when_it_never_calls_install(probe):

@@ -38,6 +38,10 @@ def test_watchdog_lines_and_the_blocked_loop_point_at_each_other(probe):
     # the line that arrived during the block: the block's span, emitted afterwards, names it
     assert blocked.attributes["lk_probe.rust_watchdog.task"] == "signal_event"
     assert blocked.attributes["lk_probe.rust_watchdog.message_kind"] == "Answer"
+    # the diagnosis names the blocked loop (the WARNING line is only for slow or failed joins, reconnects, deaths)
+    from lk_probe.findings import diagnose
+
+    assert [f.code for f in diagnose(spans)] == ["loop_blocked_rust_watchdog"]
     assert blocked.attributes["lk_probe.rust_watchdog.span_id"] == carrier1.span_id
     assert blocked.attributes["lk_probe.rust_watchdog.count"] == 1  # the later line had not happened yet
     assert "lk_probe.loop_blocked.span_id" not in first.attributes  # no block had been reported when it came

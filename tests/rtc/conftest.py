@@ -20,6 +20,13 @@ def rtc_version() -> tuple[int, ...]:
 V112 = rtc_version() < (1, 1, 3)  # 0-based attempts, v0 by default, no `disconnected` after giving up
 
 
+def codes(spans: Any) -> list[str]:
+    """The codes of the findings lk_probe's diagnosis gives these spans, most specific first."""
+    from lk_probe.findings import diagnose
+
+    return [f.code for f in diagnose(spans)]
+
+
 async def wait_spans(capspans: Any, pred: Callable[[Any], bool], timeout: float = 30.0) -> Any:
     """Poll the captured spans until ``pred(spans)`` is truthy; return the SpanSet."""
     deadline = time.monotonic() + timeout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import signal, wait_spans
+from .conftest import codes, signal, wait_spans
 
 pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e]
 
@@ -32,6 +32,7 @@ async def test_leave_resume_is_an_episode_recovered_by_resume(lk_double, capspan
     assert room.local_participant.sid == sid
     leave = lk_double.events.of_kind("leave_sent", lambda e: e["identity"] == "agent-r")[0]
     assert abs(ep.start - leave.t) < 0.5
+    assert codes(spans) == []  # a resume that worked is no finding
 
 
 async def test_refused_resume_then_full_reconnect(lk_double, capspans, connected):
@@ -45,6 +46,7 @@ async def test_refused_resume_then_full_reconnect(lk_double, capspans, connected
     assert [a.attributes["lk_probe.reconnect.mode"] for a in attempts] == ["resume", "restart"]
     assert attempts[0].error and not attempts[1].error
     assert ep.attributes["lk_probe.outcome"] == "recovered"
+    assert codes(spans) == ["resume_refused"]
 
 
 async def test_dropped_pongs_start_an_episode_caused_by_ping_timeout(lk_double, capspans, connected):
@@ -56,6 +58,7 @@ async def test_dropped_pongs_start_an_episode_caused_by_ping_timeout(lk_double, 
     ep = _episode_done(spans)[0]
     assert "ping timeout" in ep.attributes["lk_probe.reconnect.source"]
     assert ep.attributes["lk_probe.outcome"] == "recovered"
+    assert codes(spans)[0] == "ping_timeout"
 
 
 async def test_leave_disconnect_ends_as_disconnected(lk_double, capspans, connected):
@@ -68,6 +71,7 @@ async def test_leave_disconnect_ends_as_disconnected(lk_double, capspans, connec
     assert ep.attributes["lk_probe.reconnect.reason"].lower().replace("_", "") == "servershutdown"
     assert ep.attributes["lk_probe.reconnect.action"].lower() == "disconnect"
     assert not _attempts(spans, ep)  # the engine does not try to reconnect
+    assert codes(spans) == []  # the server ended the session on purpose
 
 
 async def test_node_loss_is_a_resume_then_a_rejoin(lk_double, capspans, connected):
@@ -79,6 +83,7 @@ async def test_node_loss_is_a_resume_then_a_rejoin(lk_double, capspans, connecte
     modes = [a.attributes["lk_probe.reconnect.mode"] for a in _attempts(spans, ep)]
     assert modes[0] == "resume" and modes[-1] == "restart"
     assert ep.attributes["lk_probe.outcome"] == "recovered"
+    assert codes(spans) == ["resume_refused"]
 
 
 @pytest.mark.slow
@@ -94,3 +99,4 @@ async def test_a_resume_that_never_succeeds_is_an_error_episode_with_every_attem
     assert len(attempts) == 10 and all(a.error for a in attempts)
     # 1.1.2 logs 0-based attempts ("attempt: 0"), 1.1.21+ 1-based: lk_probe numbers them from 1 on every version
     assert [a.attributes["lk_probe.attempt"] for a in attempts] == list(range(1, 11))
+    assert codes(spans)[0] == "reconnect_failed"

@@ -7,24 +7,15 @@ its 3 s timeout — 8 s before the agent could join."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
-from .conftest import V112, wait_spans
+from lk_probe.testing.netns import cloud_host as _cloud
+
+from .conftest import V112, codes, wait_spans
 
 pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e]
-
-
-def _cloud(n: int) -> str:
-    name = f"lkp-test-{n}.livekit.cloud"
-    try:
-        if socket.gethostbyname(name).startswith("127."):
-            return name
-    except OSError:
-        pass
-    pytest.skip(f"{name} does not resolve to loopback here (python -m lk_probe.testing.netns maps it)")
 
 
 async def test_signal_timeout_then_region_fetch_timeout_is_the_8s_of_the_sip_report(lk_double, capspans):
@@ -58,6 +49,13 @@ async def test_signal_timeout_then_region_fetch_timeout_is_the_8s_of_the_sip_rep
     assert not spans.phases("rtc.attempt")[1].error
     assert 8.0 < took < 11.0
     assert lk_double.events.of_kind("fault_fired", lambda e: e["name"] == "region_hang")
+    # the diagnosis: egress contention, with the 5 s and the 3 s as its evidence
+    from lk_probe.findings import diagnose
+
+    first = diagnose(spans)[0]
+    assert first.code == "egress_contention" and first.span_id == a1.span_id, first
+    assert f"to {host} timed out after 5." in first.evidence and "timed out after 3." in first.evidence
+    assert "signal_connect_timeout" not in codes(spans)  # explained by the finding above
 
 
 async def test_successful_region_fetch_then_fallback_connect(lk_double, capspans):

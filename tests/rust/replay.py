@@ -19,10 +19,15 @@ def load(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return rows[0], rows[1:]
 
 
-def replay_rows(meta: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[ListSink, EngineMachine]:
-    """Feed captured rows (records, room events, connect calls) into a fresh machine with a ListSink."""
-    sink = ListSink()
+def replay_rows(meta: dict[str, Any], rows: list[dict[str, Any]], sink: Any = None,
+                state: str | None = None) -> tuple[Any, EngineMachine]:
+    """Feed captured rows (records, room events, connect calls) into a fresh machine with ``sink`` (a ListSink
+    unless given: a Recorder makes real spans), starting in ``state`` if given (``connected`` for a capture that
+    begins after the connect)."""
+    sink = ListSink() if sink is None else sink
     m = EngineMachine(sink, version=meta["livekit"])
+    if state is not None:
+        m.state = state
     for r in rows:
         k = r["kind"]
         if k == "record":

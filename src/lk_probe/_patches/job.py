@@ -22,7 +22,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .. import _catalogue as c
-from .. import _journal, _loopblock, _provider, _scope
+from .. import _journal, _loopblock, _provider, _scope, _verdict
 from .._errors import guard
 from .._ids import job_parent_context, trace_id_for
 from .._patching import wrap
@@ -81,6 +81,7 @@ def attach_processors(provider: Any) -> None:
     _attached.add(provider)
     provider.add_span_processor(_loopblock.processor())
     provider.add_span_processor(_journal.JournalProcessor())
+    _verdict.attach(provider)
 
 
 # ------------------------------------------------------------------------------------------------ child bootstrap
@@ -133,7 +134,8 @@ def _start_job(wrapped, instance, args, kwargs):
             with guard("job.journal_open"):
                 _journal.open_for_job(job.id, os.getpid())
         rec = Recorder(ctx, attributes={c.JOB_ID: job.id}, label=job.id)
-        scope = _scope.JobScope(job.id, rec, _provider.options())
+        _verdict.collector.watch(trace_id_for(job.id))
+        scope = _scope.JobScope(job.id, rec, _provider.options(), room=getattr(job.room, "name", None) or None)
         pre = _proc.prewarm
         if pre is not None:
             rec.start("process.prewarm", "process.prewarm", t=pre.start_ns, attributes={c.PROCESS_PID: pre.pid})
@@ -157,9 +159,22 @@ async def _run_job_task(wrapped, instance, args, kwargs):
             scope = _scope.current.get()
             if scope is not None:
                 scope.close()
+                with guard("job.verdict"):
+                    _conclude(scope)
             if in_job_process():  # the worker reads `done` (and removes the file) when the process ends
                 _journal.end_job(done=True)
             await _provider.flush_async()
+
+
+def _conclude(scope: _scope.JobScope) -> None:
+    """The job's diagnosis, once, at its end: the finding spans and the WARNING line here, the verdict handed to the
+    worker (which owns the job's root span) in the journal."""
+    if not scope.job_id:
+        return
+    findings = _verdict.conclude(trace_id_for(scope.job_id), job_id=scope.job_id, room=scope.room,
+                                 livekit_version=None)
+    if findings and _journal.active is not None:
+        _journal.active.verdict(_verdict.root_attributes(findings))
 
 
 def _on_cleanup(wrapped, instance, args, kwargs):

@@ -113,9 +113,12 @@ def _begin(room: Any, args: tuple, kwargs: dict) -> RoomTrace:
         parent_ctx = trace.set_span_in_context(connect.span) if connect.span is not None else ambient
         rec = Recorder(parent_ctx, attributes=common, label=label)
         own = None
+        if connect.span is not None and connect.span.is_recording():
+            connect.span.set_attribute(c.RTC_VERSION, _rtc_version())
     else:
         rec = Recorder(ambient, attributes=common, label=label)
-        own = rec.start("rtc.connect", "rtc.connect", t=t, attributes=_scope.server_attributes(url or ""))
+        own = rec.start("rtc.connect", "rtc.connect", t=t, attributes={**_scope.server_attributes(url or ""),
+                                                                        c.RTC_VERSION: _rtc_version()})
         rec.set_default_parent(rec.context("rtc.connect"))
     machine = _new_machine(rec)
     rt = RoomTrace(rec, machine, own,

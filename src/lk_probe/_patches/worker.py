@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 
 from .. import _catalogue as c
-from .. import _journal, _provider
+from .. import _journal, _provider, _verdict
 from .._errors import guard
 from .._ids import forced_ids, root_span_id_for, trace_id_for
 from .._patching import wrap
@@ -39,6 +39,7 @@ class _JobTrace:
         self.job_id: str = job.id
         # an empty context: the job span is a root whatever happens to be current in the worker
         self.rec = Recorder(otel_context.Context(), attributes={c.JOB_ID: job.id}, label=job.id)
+        self.room: str | None = getattr(getattr(job, "room", None), "name", None) or None
         self.answered = False
         self.request_seen = False
         self.worker = worker
@@ -134,6 +135,8 @@ def _handle_availability(wrapped, instance, args, kwargs):
         else:
             jt.rec.set_default_parent(job_ctx)
             jt.rec.start("job.availability", "job.availability", t=t)
+            _verdict.attach(_provider.provider())
+            _verdict.collector.watch(trace_id_for(job.id))
             _jobs[job.id] = jt
     if jt is None or jt.rec.default_parent is None:
         return wrapped(*args, **kwargs)
@@ -345,23 +348,30 @@ def _on_process_end(jt: _JobTrace, proc: Any) -> None:
         error_message = f"job process exited with code {code}"
     outcome = "ok" if not error_type else ("killed" if (code or 0) < 0 else "failed")
     attrs[c.OUTCOME] = outcome
+    handed: dict[str, Any] = {}
     if path is not None:
+        handed = _journal.verdict(path)  # the job process's own diagnosis (it ended normally)
         if error_type:  # phases the dead process left open: exported with their own ids, marked incomplete
             attrs[c.INCOMPLETE_PHASES] = _journal.export_open(path, _provider.tracer(), t_death=t,
                                                                           cause=error_type)
         _journal.remove(path)
     jt.rec.end("job.process", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
     _finish_job(jt, t, outcome=outcome, error_type=error_type, error_message=error_message,
-                attributes={k: v for k, v in attrs.items() if k != c.OUTCOME})
+                attributes={k: v for k, v in attrs.items() if k != c.OUTCOME}, verdict=handed)
 
 
 def _finish_job(jt: _JobTrace, t: int, *, outcome: str, error_type: str | None = None,
-                error_message: str | None = None, attributes: dict[str, Any] | None = None) -> None:
+                error_message: str | None = None, attributes: dict[str, Any] | None = None,
+                verdict: dict[str, Any] | None = None) -> None:
     attrs = {c.OUTCOME: outcome, **(attributes or {})}
     # anything still open under the job ends with it
     for key, _, _ in jt.rec.open_phases():
         if key != "job":
             jt.rec.end(key, t=t, error_type=error_type or c.ERR_INCOMPLETE, error_message=error_message)
+    with guard("worker.verdict"):
+        # the worker's own diagnosis (a dead process, an assignment that never came), else the job process's
+        findings = _verdict.conclude(trace_id_for(jt.job_id), job_id=jt.job_id, room=jt.room, livekit_version=None)
+        attrs.update(_verdict.root_attributes(findings) if findings else (verdict or {}))
     jt.rec.end("job", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
     _jobs.pop(jt.job_id, None)
 

@@ -42,6 +42,23 @@ DEFAULT_HOSTS = {"lkp-test.livekit.cloud": "127.0.0.1",
 _SIOCGIFADDR = 0x8915
 
 
+def cloud_host(n: int) -> str:
+    """``lkp-test-<n>.livekit.cloud`` if it resolves to loopback here (inside this module's namespace, which maps
+    it); otherwise the calling pytest test is skipped. One host per test: livekit 1.1.21+ caches region lists per
+    host."""
+    import socket
+
+    import pytest
+
+    name = f"lkp-test-{n}.livekit.cloud"
+    try:
+        if socket.gethostbyname(name).startswith("127."):
+            return name
+    except OSError:
+        pass
+    pytest.skip(f"{name} does not resolve to loopback here (python -m lk_probe.testing.netns maps it)")
+
+
 def _iface_ipv4(name: str) -> str | None:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

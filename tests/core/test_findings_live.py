@@ -1,0 +1,39 @@
+"""The diagnosis in a real agent with no backend: report 000 reproduced through a real worker and job process against
+the double (a *.livekit.cloud name, the signal upgrade held 8 s, the region fetch hung) — the verdict on the job's
+root span and under the attempt it concerns, exactly one WARNING line, and the same finding from the exported spans."""
+
+from __future__ import annotations
+
+import pytest
+
+from lk_probe.findings import diagnose
+from lk_probe.testing.netns import cloud_host
+
+pytestmark = [pytest.mark.e2e, pytest.mark.lk_netns]
+
+
+def test_report_000_gives_one_warning_naming_egress_contention(probe):
+    host = cloud_host(5)
+    probe.start_worker(url=f"ws://{host}:{probe.double.port}", LKP_MODE="connect")
+    probe.double.faults.add("signal_upgrade_delay", delay=8.0, count=1)
+    probe.double.faults.add("region_hang", count=1)
+    job_id = probe.dispatch(room="sip-call-000")
+    root = probe.wait_span(job_id, "job", timeout=90)
+    spans = probe.trace(job_id)
+    attempt = spans.phases("rtc.attempt")[0]
+
+    # the verdict on the root (handed over by the job process) and under the attempt it concerns
+    assert root.attributes["lk_probe.finding.code"] == "egress_contention", (root.attributes, probe.worker_log()[-3000:])
+    evidence = root.attributes["lk_probe.finding.evidence"]
+    assert f"to {host} timed out after 5." in evidence and "timed out after 3." in evidence
+    (finding,) = [s for s in spans.named("finding") if s.attributes["lk_probe.finding.code"] == "egress_contention"]
+    assert finding.parent_id == attempt.span_id and finding.duration == 0
+
+    # exactly one WARNING line for the job, saying the same, with the phase durations that matter
+    (line,) = probe.verdict_lines(job_id)
+    assert "WARNING" in line and "egress_contention" in line and "sip-call-000" in line
+    assert "rtc.signal=5." in line and "rtc.region_fetch=3." in line
+
+    # the exported spans (what a backend, or `lk-probe diagnose`, gets) say the same, first
+    first = diagnose(spans)[0]
+    assert first.code == "egress_contention" and first.span_id == attempt.span_id
