@@ -48,9 +48,34 @@ class _JobTrace:
 _jobs: dict[str, _JobTrace] = {}
 _current: contextvars.ContextVar[_JobTrace | None] = contextvars.ContextVar("lk_probe_worker_job", default=None)
 _last_status: dict[int, str] = {}
+
+
+class _PerObject:
+    """What lk_probe keeps about one of agents' objects without setting attributes on it: held under a weak key, so it
+    goes with the object; an object that cannot be weakly referenced is simply not tracked."""
+
+    def __init__(self) -> None:
+        self._map: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def get(self, obj: Any) -> Any:
+        try:
+            return self._map.get(obj)
+        except TypeError:
+            return None
+
+    def __setitem__(self, obj: Any, value: Any) -> None:
+        try:
+            self._map[obj] = value
+        except TypeError:
+            pass
+
+    def clear(self) -> None:
+        self._map.clear()
+
+
 # agents' objects that carry one job (its JobRequest, its executor) → that job; and why an executor was killed
-_job_of: "weakref.WeakKeyDictionary[Any, _JobTrace]" = weakref.WeakKeyDictionary()
-_kill_cause: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_job_of = _PerObject()
+_kill_cause = _PerObject()
 
 
 def _server_class_path() -> str | None:
