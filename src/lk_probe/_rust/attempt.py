@@ -52,7 +52,7 @@ class Attempt:
         self.joined_t: int | None = None  # the JoinResponse (or reconnect response) arrived
         self.ready_t: int | None = None
         self.first_error: str | None = None
-        # after a successful end without any PC record: what late PC phases are inferred from (None: not awaited),
+        # after a successful end before any PC began: what late PC phases are inferred from (None: not awaited),
         # the sink's handle that keeps them under this attempt, its end, and each late 'Connecting' PC's arrival
         self.late: str | None = None
         self.late_ctx: Any = None
@@ -84,9 +84,9 @@ class Attempt:
     def end(self, t: int, etype: str | None, err: str | None, *, outcome: str, inferred_src: str | None = None,
             attempts_max: int | None = None, late: str | None = None) -> None:
         """End the attempt and everything open inside it. With an error, open children fail with what the error
-        says; without one, children still open are closed at t and marked inferred. ``late``: on success with no PC
-        record yet, PC records that arrive afterwards still place ``rtc.pc`` here (see :meth:`late_pc_change`),
-        marked inferred from ``late``."""
+        says; without one, children still open are closed at t and marked inferred. ``late``: on success before
+        any PC began connecting, PC records that arrive afterwards still place ``rtc.pc`` here (see
+        :meth:`late_pc_change`), marked inferred from ``late``."""
         self._resolve_pending(t, err)
         out = self.out
         if late is not None and etype is None and not self.pc_seen:

@@ -18,7 +18,7 @@ connect
                                            when both records arrive after the attempt ended well (connect
                                            callback, recovery), inferred, ending when the attempt ended
   rtc.callback                             engine connected (last PC connected / 'connection setup took') →
-                                           connect callback
+                                           connect callback (none when the PC's records came after it)
 reconnect
   rtc.reconnect                            'received session close' | reconnecting event → 'RtcEngine successfully
                                            recovered' | reconnected | 'failed to reconnect…' | disconnected
