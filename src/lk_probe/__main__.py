@@ -7,6 +7,15 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("canary", "watch"):  # the dispatching side (lk_probe._cli_dispatch)
+        import argparse
+
+        from . import _cli_dispatch
+
+        parser = argparse.ArgumentParser(prog="lk-probe")
+        handlers = _cli_dispatch.register(parser.add_subparsers(dest="command", required=True))
+        ns = parser.parse_args(args)
+        return handlers[ns.command](ns)
     if args == ["phases"]:
         from ._catalogue import markdown_table
 
@@ -17,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(markdown_table())
         return 0
-    print("usage: lk-probe phases | options   (the demo: python -m lk_probe.demo)", file=sys.stderr)
+    print("usage: lk-probe phases | options | canary --agent NAME | watch --room R   (the demo: python -m "
+          "lk_probe.demo)", file=sys.stderr)
     return 2
 
 
