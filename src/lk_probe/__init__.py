@@ -27,7 +27,7 @@ from .version import __version__
 log = logging.getLogger("lk_probe")
 _lock = threading.RLock()
 
-__all__ = ["LiveKitInstrumentor", "install", "uninstall", "flush", "installed", "__version__"]
+__all__ = ["LiveKitInstrumentor", "install", "uninstall", "flush", "installed", "watch_dispatch", "__version__"]
 
 
 class LiveKitInstrumentor(BaseInstrumentor):
@@ -52,12 +52,13 @@ class LiveKitInstrumentor(BaseInstrumentor):
         _recorder.configure(stall_records=options.stall_records)
         _check_versions()
         opts = {k: v for k, v in kwargs.items()}
-        if options.worker:
+        agents = _importable("livekit.agents")  # a process that only dispatches may not have it
+        if options.worker and agents:
             with guard("install.worker"):
                 from ._patches import worker
 
                 worker.instrument()
-        if options.job_process:
+        if options.job_process and agents:
             with guard("install.job"):
                 from ._patches import job
 
@@ -67,6 +68,11 @@ class LiveKitInstrumentor(BaseInstrumentor):
                 from ._patches import room
 
                 room.instrument()
+        if options.api:
+            with guard("install.api"):
+                from ._patches import api
+
+                api.instrument()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from . import _patching, _provider
@@ -87,6 +93,15 @@ class LiveKitInstrumentor(BaseInstrumentor):
             worker.reset()
             job.reset()
         _provider.reset()
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _check_versions() -> None:
@@ -136,6 +151,28 @@ def uninstall() -> None:
 
 def installed() -> bool:
     return LiveKitInstrumentor().is_instrumented_by_opentelemetry
+
+
+def watch_dispatch(room: str, dispatch_id: str | None = None, *, agent_name: str | None = None,
+                   timeout: float = 30.0, url: str | None = None, api_key: str | None = None,
+                   api_secret: str | None = None, started_at_ns: int | None = None) -> Any:
+    """Follow a dispatch in the background until its agent is in the room, for at most ``timeout`` seconds.
+
+    Returns at once with an ``asyncio.Task`` (await it for a ``WatchResult``: ``.outcome`` is joined, never_joined,
+    state_mismatch, failed, room_gone, deleted, unreachable or api_error), or None without a running loop. Never
+    raises; the task never raises either and ends within its bound. Without ``dispatch_id`` it follows the newest
+    dispatch of ``agent_name`` (any agent when None) in ``room``. ``url`` / ``api_key`` / ``api_secret`` default to
+    ``LIVEKIT_URL`` / ``LIVEKIT_API_KEY`` / ``LIVEKIT_API_SECRET``; ``started_at_ns`` (default: now) is when the
+    dispatch was asked for, the start of the ``dispatch.wait`` span and of the bound.
+    """
+    from ._errors import guard
+
+    with guard("watch_dispatch"):
+        from ._watch import watch_dispatch as start
+
+        return start(room, dispatch_id, agent_name=agent_name, timeout=timeout, url=url, api_key=api_key,
+                     api_secret=api_secret, started_at_ns=started_at_ns)
+    return None
 
 
 def flush(timeout: float = 5.0) -> bool:

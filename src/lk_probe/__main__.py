@@ -3,6 +3,7 @@
     lk-probe diagnose SOURCE [--job AJ_…] [--json]   the findings of each job in SOURCE
     lk-probe show SOURCE [--job AJ_…] [--width N]    each job's waterfall with its findings under it
     lk-probe phases | options | findings              the tables, as Markdown
+    lk-probe canary --agent NAME | watch --room R     the dispatching side (lk_probe._cli_dispatch)
 
 SOURCE is an OTLP JSON file or a folder of them (see :mod:`lk_probe.otlpjson`). Bad input (a missing file, malformed
 JSON, no job in it) prints one line and exits with status 2. Colour needs rich (optional: plain text without it).
@@ -117,8 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--width", type=int, default=None, help="line width (default: the terminal's)")
     for name in ("phases", "options", "findings"):
         sub.add_parser(name, help=f"the {name} table, as Markdown")
+    from . import _cli_dispatch  # the dispatching side: canary, watch
+
+    dispatching = _cli_dispatch.register(sub)
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        if args.command in dispatching:
+            return dispatching[args.command](args)
         if args.command == "diagnose":
             return _diagnose(args)
         if args.command == "show":

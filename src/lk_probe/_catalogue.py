@@ -154,6 +154,26 @@ RUST_WATCHDOG_MESSAGE_KIND = _a("lk_probe.rust_watchdog.message_kind", _STR, "�
 RUST_WATCHDOG_SPAN_ID = _a("lk_probe.rust_watchdog.span_id", _STR, "… and the lk_probe span holding that line.")
 RUST_WATCHDOG_COUNT = _a("lk_probe.rust_watchdog.count", _INT, "… and how many watchdog lines overlapped.")
 EVENT = _a("lk_probe.event", _STR, "On an `event` span: the event it carries.")
+# ---- the dispatching side (livekit.api) and the dispatch watch --------------------------------------------------------
+RPC_METHOD = _a("rpc.method", _STR, "The LiveKit API method called (CreateDispatch, ListDispatch, DeleteDispatch, "
+                "CreateRoom).")
+HTTP_STATUS = _a("http.response.status_code", _INT, "The HTTP status of a failed LiveKit API call.")
+DISPATCH_AGENTS = _a("lk_probe.dispatch.agents", _INT, "How many agents a CreateRoom request dispatches (its "
+                     "`agents` field).")
+DISPATCH_COUNT = _a("lk_probe.dispatch.count", _INT, "How many dispatches a ListDispatch answer held.")
+DISPATCH_SOURCE = _a("lk_probe.dispatch.source", _STR, "What the watched dispatch came from: create_dispatch, "
+                     "create_room, or watch (a dispatch made elsewhere).")
+DISPATCH_JOB_STATE = _a("lk_probe.dispatch.job_state", _STR, "The last job state LiveKit reported for the dispatch, "
+                        "by name (JS_PENDING, JS_RUNNING, JS_SUCCESS, JS_FAILED; NO_JOB when it listed none).")
+DISPATCH_JOB_ERROR = _a("lk_probe.dispatch.job_error", _STR, "The job's error as LiveKit reported it (JS_FAILED).")
+DISPATCH_POLLS = _a("lk_probe.dispatch.polls", _INT, "How many times the watch looked (one look = ListDispatch + "
+                    "ListParticipants).")
+DISPATCH_API_CALLS = _a("lk_probe.dispatch.api_calls", _INT, "How many LiveKit API calls the watch made.")
+DISPATCH_BOUND = _a("lk_probe.dispatch.bound_s", _FLOAT, "How long the watch was allowed to wait, in s.")
+DISPATCH_JOINED_AFTER = _a("lk_probe.dispatch.joined_after_s", _FLOAT, "From the dispatch call to the agent "
+                           "participant's join (the server's joined_at), in s.")
+DISPATCH_LISTED = _a("lk_probe.dispatch.listed", _BOOL, "ListDispatch ever listed the watched dispatch.")
+AGENT_IDENTITY = _a("lk.agent.identity", _STR, "The agent participant's identity (the job's participant identity).")
 # ---- stall records ---------------------------------------------------------------------------------------------------
 STALL_PHASE = _a("lk_probe.stall.phase", _STR, "The phase that is still open.")
 STALL_ELAPSED = _a("lk_probe.stall.elapsed", _FLOAT, "How long it had been open, in s.")
@@ -221,7 +241,20 @@ ERROR_TYPES: dict[str, str] = {
     "evicted": "dropped from lk_probe's bounded per-job state",
     "uninstrumented": "lk_probe was uninstalled while the phase was open",
     "error": "another failure",
+    # the dispatch watch's outcomes that are failures
+    "never_joined": "the agent participant did not join the room within the watch's bound",
+    "state_mismatch": "LiveKit reported a job state while no agent participant was in the room, until the bound",
+    "job_failed": "LiveKit reported the dispatch's job as JS_FAILED",
+    "room_gone": "the room was deleted (or never existed) while the watch waited",
+    "deleted": "the dispatch was deleted while the watch waited",
+    "unreachable": "the LiveKit API could not be reached until the watch's bound",
 }
+# Twirp error codes (livekit.api's ServerError.code), exported as they come
+TWIRP_CODES = ("canceled", "unknown", "invalid_argument", "malformed", "deadline_exceeded", "not_found", "bad_route",
+               "already_exists", "permission_denied", "unauthenticated", "resource_exhausted",
+               "failed_precondition", "aborted", "out_of_range", "unimplemented", "internal", "unavailable",
+               "dataloss")
+ERROR_TYPES.update({code: "the LiveKit API answered with this Twirp error code" for code in TWIRP_CODES})
 ERR_INCOMPLETE = "incomplete"
 ERR_CANCELLED = "cancelled"
 
@@ -244,6 +277,7 @@ METRIC_FINDINGS = "lk_probe.findings"  # counter, by lk_probe.finding.code
 WORKER = "worker"  # the agents worker (parent) process
 JOB = "job"  # the job process
 RTC = "rtc"  # inside livekit.rtc / the Rust engine (job process or any plain rtc user)
+DISPATCHER = "dispatcher"  # any process calling livekit.api (a backend, the CLI)
 
 
 @dataclass(frozen=True)
@@ -380,6 +414,35 @@ PHASES: tuple[Phase, ...] = (
     Phase("rtc.reconnect.backoff", "rtc.reconnect", _I, RTC,
           "The wait between two reconnect attempts.",
           "gap between attempt records", ("lk_probe.retry_now",), budget=None),
+    # ---- the dispatching side: livekit.api calls and the dispatch watch ---------------------------------
+    Phase("dispatch.create", None, _C, DISPATCHER,
+          "AgentDispatchService.CreateDispatch. On success the span is the root of the dispatch's trace (ids derived "
+          "from the dispatch id, linked to the caller's current span); on failure it stays in the caller's trace.",
+          "livekit.api AgentDispatchService.create_dispatch",
+          (DISPATCH_ID, AGENT_NAME, ROOM_NAME, JOB_ID, SERVER_ADDRESS, SERVER_PORT, RPC_METHOD, HTTP_STATUS,
+           ERROR_TYPE, OUTCOME)),
+    Phase("dispatch.list", None, _C, DISPATCHER,
+          "AgentDispatchService.ListDispatch (list_dispatch / get_dispatch).",
+          "livekit.api AgentDispatchService.list_dispatch, .get_dispatch",
+          (ROOM_NAME, DISPATCH_ID, DISPATCH_COUNT, SERVER_ADDRESS, SERVER_PORT, RPC_METHOD, HTTP_STATUS, ERROR_TYPE,
+           OUTCOME)),
+    Phase("dispatch.delete", None, _C, DISPATCHER,
+          "AgentDispatchService.DeleteDispatch.",
+          "livekit.api AgentDispatchService.delete_dispatch",
+          (DISPATCH_ID, ROOM_NAME, SERVER_ADDRESS, SERVER_PORT, RPC_METHOD, HTTP_STATUS, ERROR_TYPE, OUTCOME)),
+    Phase("room.create", None, _C, DISPATCHER,
+          "RoomService.CreateRoom, with the agents its `agents` field dispatches.",
+          "livekit.api RoomService.create_room",
+          (ROOM_NAME, ROOM_SID, DISPATCH_AGENTS, AGENT_NAME, SERVER_ADDRESS, SERVER_PORT, RPC_METHOD, HTTP_STATUS,
+           ERROR_TYPE, OUTCOME)),
+    Phase("dispatch.wait", "dispatch.create", _I, DISPATCHER,
+          "The dispatch watch: from the dispatch call until the agent participant is in the room (outcome joined) "
+          "or the answer is known otherwise (never_joined, state_mismatch, failed, room_gone, deleted, "
+          "unreachable, api_error). Opt-in (dispatch_watch, lk_probe.watch_dispatch, lk-probe watch / canary).",
+          "ListDispatch + ListParticipants with backoff",
+          (DISPATCH_ID, AGENT_NAME, ROOM_NAME, JOB_ID, AGENT_IDENTITY, DISPATCH_SOURCE, DISPATCH_JOB_STATE,
+           DISPATCH_JOB_ERROR, DISPATCH_POLLS, DISPATCH_API_CALLS, DISPATCH_BOUND, DISPATCH_JOINED_AFTER,
+           DISPATCH_LISTED, ERROR_TYPE, OUTCOME), budget=10.0),
     # ---- the end -------------------------------------------------------------------------------
     Phase("event", None, _I, JOB,
           "An event with no open phase to carry it (a Rust watchdog line, a Leave or a data channel closing while "

@@ -32,6 +32,12 @@ DOCS: dict[str, tuple[str, str]] = {
     "ice_stats": ("LK_PROBE_ICE_STATS",
                   "After a successful connect, read the selected ICE candidate pair of each peer connection "
                   "(get_rtc_stats(), off the critical path) onto the connect span."),
+    "api": ("LK_PROBE_API", "Trace the dispatching side's livekit.api calls (CreateDispatch, ListDispatch, "
+            "DeleteDispatch, CreateRoom) as CLIENT spans; works without livekit-agents."),
+    "dispatch_watch": ("LK_PROBE_DISPATCH_WATCH",
+                       "Seconds: after each successful dispatch (CreateDispatch, CreateRoom with agents) follow it "
+                       "in the background for at most this long and end a dispatch.wait span with its outcome "
+                       "(0: off)."),
 }
 
 
@@ -47,6 +53,8 @@ class Options:
     stall_records: bool = True
     capture_rust_debug: bool = True
     ice_stats: bool = True
+    api: bool = True
+    dispatch_watch: float = 0.0
 
 
 def _parse(value: str, typ: type) -> Any:

@@ -72,7 +72,8 @@ class Recorder:
     # ---------------------------------------------------------------- PhaseSink
     @guarded("recorder.start")
     def start(self, phase: str, key: Hashable, *, t: int | None = None, parent: Hashable | None = None,
-              attributes: dict[str, Any] | None = None, context: Any = None) -> Span | None:
+              attributes: dict[str, Any] | None = None, context: Any = None,
+              links: Any = None) -> Span | None:
         p = c.phase(phase)
         t = t if t is not None else time.time_ns()
         with self._lock:
@@ -85,7 +86,8 @@ class Recorder:
             else:
                 ctx = self._default_parent
             attrs = {c.PHASE: phase, **self.attributes, **clean_attributes(attributes)}
-            span = _provider.tracer().start_span(phase, context=ctx, kind=p.kind, attributes=attrs, start_time=t)
+            span = _provider.tracer().start_span(phase, context=ctx, kind=p.kind, attributes=attrs, start_time=t,
+                                                 links=links)
             budget = c.budget(phase)
             lag = (time.time_ns() - t) / 1e9
             self._open[key] = _Open(phase, span, trace.set_span_in_context(span), t, time.monotonic() - max(lag, 0),

@@ -27,6 +27,7 @@ class Probe:
         self.markers_path.touch()
         self.log_path = tmp_path / "worker.log"
         self.worker: Any = None
+        self.dispatch_of: dict[str, str] = {}  # job id -> its dispatch id
 
     def start_worker(self, agent_name: str = "probe", url: str | None = None, **env: str) -> Any:
         """``url``: the LiveKit URL the worker uses (default: the double's), e.g. a *.livekit.cloud name."""
@@ -48,19 +49,23 @@ class Probe:
 
         asyncio.run(go())
         ev = self.double.events.wait_for_sync("job_offered", lambda e: e["room"] == room, timeout=15)
+        self.dispatch_of[ev["job"]] = ev["dispatch"]
         return ev["job"]
+
+    def trace_id(self, job_id: str) -> str:
+        """The job's trace id: derived from its dispatch id (every job here is dispatched explicitly)."""
+        return format(trace_id_for(job_id, self.dispatch_of.get(job_id, "")), "032x")
 
     def markers(self, what: str | None = None) -> list[dict[str, Any]]:
         rows = [json.loads(x) for x in self.markers_path.read_text().splitlines() if x.strip()]
         return [r for r in rows if what is None or r["what"] == what]
 
     def trace(self, job_id: str) -> SpanSet:
-        tid = format(trace_id_for(job_id), "032x")
-        return self.rx.spans().trace(tid)
+        return self.rx.spans().trace(self.trace_id(job_id))
 
     def wait_span(self, job_id: str, name: str, timeout: float = 20.0,
                   predicate: Callable[[SpanRecord], bool] | None = None) -> SpanRecord:
-        tid = format(trace_id_for(job_id), "032x")
+        tid = self.trace_id(job_id)
         return self.rx.wait_for(lambda s: s.trace_id == tid and s.name == name and (predicate is None or predicate(s)),
                                 timeout=timeout)
 

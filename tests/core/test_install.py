@@ -105,11 +105,22 @@ def test_env_options_and_kwargs_precedence(monkeypatch):
 
 def test_only_requested_parts_are_patched(memory_provider):
     provider, _ = memory_provider
-    lk_probe.install(tracer_provider=provider, worker=False, job_process=False)
+    lk_probe.install(tracer_provider=provider, worker=False, job_process=False, api=False)
     assert _patching.patched() == [("livekit.rtc.room", "Room.connect")]
+    lk_probe.uninstall()
+    lk_probe.install(tracer_provider=provider, worker=False, job_process=False, rtc=False)
+    assert {module for module, _ in _patching.patched()} == {"livekit.api.agent_dispatch_service",
+                                                             "livekit.api.room_service"}
 
 
-def test_ids_are_derived_from_the_job_id_only():
+def test_ids_are_derived_from_the_dispatch_id_else_the_job_id():
+    # explicit dispatch: the dispatch's trace, which the dispatcher derives from CreateDispatch's answer
+    assert _ids.trace_id_for("AJ_1", "AD_1") == _ids.trace_id_for("AJ_2", "AD_1") == _ids.dispatch_trace_id_for("AD_1")
+    assert _ids.dispatch_trace_id_for("AD_1") != _ids.dispatch_trace_id_for("AD_2")
+    ctx = _ids.job_parent_context("AJ_1", 5, dispatch_id="AD_1")
+    assert trace.get_current_span(ctx).get_span_context().trace_id == _ids.dispatch_trace_id_for("AD_1")
+    # automatic dispatch (no dispatch id): the job's own trace, as before
+    assert _ids.trace_id_for("AJ_1", "") == _ids.trace_id_for("AJ_1") != _ids.dispatch_trace_id_for("AJ_1")
     assert _ids.trace_id_for("AJ_1") == _ids.trace_id_for("AJ_1") != _ids.trace_id_for("AJ_2")
     assert _ids.root_span_id_for("AJ_1", 5) != _ids.root_span_id_for("AJ_1", 6)  # one root per worker attempt
     ctx = _ids.job_parent_context("AJ_1", 5)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lk_probe._ids import root_span_id_for, trace_id_for
+from lk_probe._ids import dispatch_trace_id_for, root_span_id_for, trace_id_for
 
 pytestmark = pytest.mark.e2e
 
@@ -21,10 +21,12 @@ def test_one_trace_per_job_across_worker_and_job_process(probe):
     entry = probe.wait_span(job_id, "job_entrypoint", timeout=10)  # livekit-agents' own span, from the job process
     spans = probe.trace(job_id)
 
-    # one trace, ids derived from the job id; no duplicate spans
-    assert root.trace_id == format(trace_id_for(job_id), "032x")
-    assert root.parent_id is None
+    # one trace, ids derived from the dispatch id (the job's span id from the job id); no duplicate spans
     offered = probe.double.events.of_kind("job_offered", lambda e: e["job"] == job_id)[0]
+    assert root.trace_id == format(dispatch_trace_id_for(offered["dispatch"]), "032x")
+    assert root.trace_id == format(trace_id_for(job_id, offered["dispatch"]), "032x") != format(trace_id_for(job_id),
+                                                                                                  "032x")
+    assert root.parent_id is None
     assert root.span_id == format(root_span_id_for(job_id, root.attributes["lk_probe.job.server_sent_at"]), "016x")
     spans.assert_no_duplicates()
 

@@ -127,8 +127,8 @@ def _start_job(wrapped, instance, args, kwargs):
     with guard("job.start"):
         msg = args[0] if args else kwargs["msg"]
         job = msg.running_job.job
-        sampled = _provider.sampled_root(trace_id_for(job.id))
-        ctx = job_parent_context(job.id, job.state.started_at, sampled=sampled)
+        sampled = _provider.sampled_root(trace_id_for(job.id, job.dispatch_id))
+        ctx = job_parent_context(job.id, job.state.started_at, dispatch_id=job.dispatch_id, sampled=sampled)
         attach_processors(_provider.provider())
         if in_job_process():  # one job per process: the crash journal is the process's (not in the thread executor)
             with guard("job.journal_open"):

@@ -152,7 +152,7 @@ def _handle_availability(wrapped, instance, args, kwargs):
         jt = _JobTrace(job, t, instance)
         attrs = {**_job_attributes(job), **_worker_state(instance),
                  c.JOB_RESUMING: bool(getattr(msg, "resuming", False))}
-        with forced_ids(trace_id_for(job.id), root_span_id_for(job.id, job.state.started_at)):
+        with forced_ids(trace_id_for(job.id, job.dispatch_id), root_span_id_for(job.id, job.state.started_at)):
             jt.rec.start("job", "job", t=t, parent=None, attributes=attrs)
         job_ctx = jt.rec.context("job")
         if job_ctx is None:  # the job span could not be started: trace nothing for this job
