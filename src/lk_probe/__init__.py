@@ -34,9 +34,15 @@ class LiveKitInstrumentor(BaseInstrumentor):
     """OpenTelemetry-contrib style instrumentor behind :func:`install` / :func:`uninstall`."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        from .package import _instruments
+        """The supported range of each instrumented distribution installed here (all of them when none is).
 
-        return _instruments
+        OpenTelemetry's check requires every entry, while lk_probe instruments whichever is present: listing only the
+        installed ones lets ``LiveKitInstrumentor().instrument()`` run in an environment without livekit-agents.
+        """
+        from .package import SUPPORTED, _instruments_any
+
+        installed = _installed_versions()
+        return tuple(spec for dist, spec in zip(SUPPORTED, _instruments_any) if dist in installed) or _instruments_any
 
     def _instrument(self, **kwargs: Any) -> None:
         from . import _config, _provider
@@ -53,17 +59,19 @@ class LiveKitInstrumentor(BaseInstrumentor):
         _watchdog.enabled = options.stall_records
         _check_versions()
         opts = {k: v for k, v in kwargs.items()}
-        if options.worker:
+        # a part whose module is not installed is skipped without a word (a dispatching backend has no worker)
+        agents = _importable("livekit.agents")
+        if options.worker and agents:
             with guard("install.worker"):
                 from ._patches import worker
 
                 worker.instrument()
-        if options.job_process:
+        if options.job_process and agents:
             with guard("install.job"):
                 from ._patches import job
 
                 job.instrument(opts)
-        if options.rtc:
+        if options.rtc and _importable("livekit.rtc"):
             with guard("install.room"):
                 from ._patches import room
 
@@ -91,24 +99,47 @@ class LiveKitInstrumentor(BaseInstrumentor):
         _provider.reset()
 
 
-def _check_versions() -> None:
+def _installed_versions() -> dict[str, str]:
+    """Installed version of each distribution lk_probe instruments (:data:`lk_probe.package.SUPPORTED`)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from ._errors import warn_once
+    from .package import SUPPORTED
 
-    checks = (("livekit-agents", (1, 2), (1, 9)), ("livekit", (1, 1), (1, 3)))
-    for dist, low, high in checks:
+    found: dict[str, str] = {}
+    for dist in SUPPORTED:
         try:
-            v = version(dist)
+            found[dist] = version(dist)
         except PackageNotFoundError:
-            continue
+            pass
+    return found
+
+
+def _check_versions() -> None:
+    """One warning for each instrumented distribution installed outside its supported range."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import InvalidVersion
+
+    from ._errors import warn_once
+    from .package import SUPPORTED
+
+    for dist, v in _installed_versions().items():
         try:
-            parts = tuple(int(x) for x in v.split(".")[:2])
-        except ValueError:
+            supported = SpecifierSet(SUPPORTED[dist]).contains(v, prereleases=True)
+        except (InvalidSpecifier, InvalidVersion):
             continue
-        if not (low <= parts < high):
-            warn_once(f"version:{dist}", "lk_probe: %s %s is outside the tested range %s–%s; instrumenting what "
-                      "still applies", dist, v, ".".join(map(str, low)), ".".join(map(str, high)))
+        if not supported:
+            warn_once(f"version:{dist}", "lk_probe: %s %s is outside the supported range %s; instrumenting what "
+                      "still applies", dist, v, SUPPORTED[dist])
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (only its parent package)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def install(tracer_provider: Any = None, **options: Any) -> None:
