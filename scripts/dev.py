@@ -2,7 +2,7 @@
 """Set up lk_probe's version sets and run the demo or the tests. Needs only Python 3.10+ (and Linux for real ICE).
 
     python3 scripts/dev.py demo              # set up the latest version set, run the demo (trace waterfall)
-    python3 scripts/dev.py test              # every version set: the whole suite
+    python3 scripts/dev.py test              # the packaging checks, then every version set: the whole suite
     python3 scripts/dev.py test --set prod-1.4.6 -- -k job_trace   # one set, extra pytest arguments
 
 Each version set gets its own virtual environment under .venvs/ (re-created only when its requirements or
@@ -10,6 +10,11 @@ pyproject.toml change). Tests run inside a private network namespace when this m
 unprivileged user namespaces): libwebrtc ignores loopback interfaces, so real ICE between the Rust SDK and the
 server double needs a veth with a 127.x address that exists only in that namespace. Without it, the tests that need
 real ICE are skipped with a clear reason.
+
+The packaging checks (``--set packaging``, run first) install lk_probe without extras into a fresh environment that
+holds only livekit-api, as a dispatching backend has, and run tests/packaging against it with the latest set's
+pytest, outside the network namespace: what that install pulled in, ``import lk_probe; lk_probe.install()`` there,
+the extras, and a static check that src/ uses nothing newer than the oldest Python lk_probe supports.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import runpy
 import shutil
 import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venvs"
@@ -37,6 +44,8 @@ SETS: dict[str, tuple[list[str], list[str]]] = {
     # the newest Rust engine: only the plain-rtc tests (livekit-agents 1.8 pins an older livekit)
     "rtc-1.2.0": (["livekit-agents>=1.8,<1.9", "--no-deps livekit==1.2.0"], ["-m", "rtc"]),
 }
+PACKAGING = "packaging"
+PACKAGING_TESTS = "tests/packaging"
 
 
 def run(cmd: list[str], **kw) -> int:
@@ -44,30 +53,57 @@ def run(cmd: list[str], **kw) -> int:
     return subprocess.call(cmd, **kw)
 
 
-def ensure_venv(name: str) -> Path:
-    reqs, _ = SETS[name]
+def build_venv(name: str, key: str, installs: Callable[[list[str], Path], list[list[str]]]) -> Path:
+    """.venvs/<name>, re-created when ``key`` or pyproject.toml changed; ``installs(pip, path)``: its pip steps."""
     path = VENVS / name
     py = path / "bin" / "python"
     stamp = path / ".lk_probe-stamp"
-    digest = hashlib.sha256(("\n".join(reqs) + (ROOT / "pyproject.toml").read_text()).encode()).hexdigest()
+    digest = hashlib.sha256((key + (ROOT / "pyproject.toml").read_text()).encode()).hexdigest()
     if py.exists() and stamp.exists() and stamp.read_text() == digest:
         return py
     if path.exists():
         shutil.rmtree(path)
-    print(f"== setting up version set {name!r} in {path}", flush=True)
+    print(f"== setting up {name!r} in {path}", flush=True)
     venv.EnvBuilder(with_pip=True).create(path)
     pip = [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    plain = [r for r in reqs if not r.startswith("--no-deps ")]
-    nodeps = [r.split(" ", 1)[1] for r in reqs if r.startswith("--no-deps ")]
-    # one resolver run for lk_probe and the set's pins, so that OTel packages come from one release train
-    steps = [pip + ["--upgrade", "pip"], pip + ["-e", f"{ROOT}[dev]", *plain]]
-    if nodeps:
-        steps.append(pip + ["--no-deps", *nodeps])
-    for step in steps:
+    for step in [pip + ["--upgrade", "pip"], *installs(pip, path)]:
         if run(step) != 0:
             sys.exit(f"setting up {name!r} failed")
     stamp.write_text(digest)
     return py
+
+
+def ensure_venv(name: str) -> Path:
+    reqs, _ = SETS[name]
+    plain = [r for r in reqs if not r.startswith("--no-deps ")]
+    nodeps = [r.split(" ", 1)[1] for r in reqs if r.startswith("--no-deps ")]
+
+    def installs(pip: list[str], path: Path) -> list[list[str]]:
+        # one resolver run for lk_probe and the set's pins, so that OTel packages come from one release train
+        return [pip + ["-e", f"{ROOT}[dev]", *plain]] + ([pip + ["--no-deps", *nodeps]] if nodeps else [])
+
+    return build_venv(name, "\n".join(reqs), installs)
+
+
+def ensure_dispatcher_venv() -> Path:
+    """A dispatching backend's environment: livekit-api (in lk_probe's supported range), then ``pip install <repo>``
+    without extras (not editable: what users get), its pip report in install-report.json. Rebuilt when src/ changes."""
+    api = "livekit-api " + runpy.run_path(str(ROOT / "src" / "lk_probe" / "package.py"))["SUPPORTED"]["livekit-api"]
+    src = sorted(p for p in (ROOT / "src").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    key = hashlib.sha256(b"".join(p.relative_to(ROOT).as_posix().encode() + p.read_bytes() for p in src)).hexdigest()
+
+    def installs(pip: list[str], path: Path) -> list[list[str]]:
+        return [pip + [api], pip + ["--report", str(path / "install-report.json"), str(ROOT)]]
+
+    return build_venv("dispatcher", api + key, installs)
+
+
+def cmd_packaging(pytest_args: list[str]) -> int:
+    py = ensure_venv("latest")
+    env = dict(os.environ, LK_PROBE_DISPATCHER_ENV=str(ensure_dispatcher_venv().parent.parent))
+    print("== packaging checks", flush=True)
+    return run([str(py), "-m", "pytest", "-p", "no:cacheprovider", "-q", PACKAGING_TESTS, *pytest_args], cwd=ROOT,
+               env=env)
 
 
 def netns_prefix(py: Path) -> list[str]:
@@ -81,12 +117,16 @@ def netns_prefix(py: Path) -> list[str]:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    names = args.set or list(SETS)
+    names = args.set or [PACKAGING, *SETS]
     results: list[tuple[str, int]] = []
     for name in names:
+        if name == PACKAGING:
+            results.append((name, cmd_packaging(args.pytest)))
+            continue
         py = ensure_venv(name)
         _, extra = SETS[name]
-        cmd = [*netns_prefix(py), str(py), "-m", "pytest", "-p", "no:cacheprovider", "-q", *extra, *args.pytest]
+        cmd = [*netns_prefix(py), str(py), "-m", "pytest", "-p", "no:cacheprovider", "-q",
+               f"--ignore={PACKAGING_TESTS}", *extra, *args.pytest]
         print(f"== tests on version set {name!r}", flush=True)
         code = run(cmd, cwd=ROOT)
         results.append((name, code))
@@ -105,7 +145,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("test", help="run the test suite on every version set (or --set NAME ...)")
-    t.add_argument("--set", action="append", choices=list(SETS), help="only this version set (repeatable)")
+    t.add_argument("--set", action="append", choices=[PACKAGING, *SETS],
+                   help="only this version set, or the packaging checks (repeatable)")
     t.add_argument("pytest", nargs="*", help="extra pytest arguments (after --)")
     d = sub.add_parser("demo", help="set up and run the demo")
     d.add_argument("demo_args", nargs="*", help="arguments for python -m lk_probe.demo (after --)")

@@ -34,9 +34,15 @@ class LiveKitInstrumentor(BaseInstrumentor):
     """OpenTelemetry-contrib style instrumentor behind :func:`install` / :func:`uninstall`."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        from .package import _instruments
+        """The supported range of each instrumented distribution installed here (all of them when none is).
 
-        return _instruments
+        OpenTelemetry's check requires every entry, while lk_probe instruments whichever is present: listing only the
+        installed ones lets ``LiveKitInstrumentor().instrument()`` run in an environment without livekit-agents.
+        """
+        from .package import SUPPORTED, _instruments_any
+
+        installed = _installed_versions()
+        return tuple(spec for dist, spec in zip(SUPPORTED, _instruments_any) if dist in installed) or _instruments_any
 
     def _instrument(self, **kwargs: Any) -> None:
         from . import _config, _provider, _recorder
@@ -52,7 +58,8 @@ class LiveKitInstrumentor(BaseInstrumentor):
         _recorder.configure(stall_records=options.stall_records)
         _check_versions()
         opts = {k: v for k, v in kwargs.items()}
-        agents = _importable("livekit.agents")  # a process that only dispatches may not have it
+        # a part whose module is not installed is skipped without a word (a dispatching backend has no worker)
+        agents = _importable("livekit.agents")
         if options.worker and agents:
             with guard("install.worker"):
                 from ._patches import worker
@@ -63,7 +70,7 @@ class LiveKitInstrumentor(BaseInstrumentor):
                 from ._patches import job
 
                 job.instrument(opts, install)
-        if options.rtc:
+        if options.rtc and _importable("livekit.rtc"):
             with guard("install.room"):
                 from ._patches import room
 
@@ -95,33 +102,47 @@ class LiveKitInstrumentor(BaseInstrumentor):
         _provider.reset()
 
 
-def _importable(module: str) -> bool:
-    import importlib.util
+def _installed_versions() -> dict[str, str]:
+    """Installed version of each distribution lk_probe instruments (:data:`lk_probe.package.SUPPORTED`)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    from .package import SUPPORTED
+
+    found: dict[str, str] = {}
+    for dist in SUPPORTED:
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def _check_versions() -> None:
-    from importlib.metadata import PackageNotFoundError, version
+    """One warning for each instrumented distribution installed outside its supported range."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import InvalidVersion
 
     from ._errors import warn_once
+    from .package import SUPPORTED
 
-    checks = (("livekit-agents", (1, 2), (1, 9)), ("livekit", (1, 1), (1, 3)))
-    for dist, low, high in checks:
+    for dist, v in _installed_versions().items():
         try:
-            v = version(dist)
-        except PackageNotFoundError:
+            supported = SpecifierSet(SUPPORTED[dist]).contains(v, prereleases=True)
+        except (InvalidSpecifier, InvalidVersion):
             continue
-        try:
-            parts = tuple(int(x) for x in v.split(".")[:2])
-        except ValueError:
-            continue
-        if not (low <= parts < high):
-            warn_once(f"version:{dist}", "lk_probe: %s %s is outside the tested range %s–%s; instrumenting what "
-                      "still applies", dist, v, ".".join(map(str, low)), ".".join(map(str, high)))
+        if not supported:
+            warn_once(f"version:{dist}", "lk_probe: %s %s is outside the supported range %s; instrumenting what "
+                      "still applies", dist, v, SUPPORTED[dist])
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (only its parent package)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def install(tracer_provider: Any = None, **options: Any) -> None:

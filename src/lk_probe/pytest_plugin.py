@@ -11,16 +11,35 @@ Fixtures:
 * ``lk_double``, ``agent_worker`` — the LiveKit server double and real worker processes (``lk_probe.testing``).
 
 Option ``--lk-netns`` re-runs the whole session inside a private network namespace (root or user namespaces
-needed), where real ICE between the Rust SDK and the double works on loopback addresses only.
+needed), where real ICE between the Rust SDK and the double works on loopback addresses only; marker ``lk_netns``
+skips a test outside it.
+
+Registering the plugin imports only pytest: the server double, the OTLP receiver and the network namespace code
+(``lk_probe.testing``, the ``testing`` extra) are imported when a fixture, the marker or the option first needs them,
+and a missing extra fails that test with one message that names it.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
+
+EXTRA = "pip install 'lk-probe[testing]'"
+
+
+def _testing(module: str, needed_by: str) -> Any:
+    """``lk_probe.testing.<module>``, imported on first use; a missing testing extra fails with one clear message."""
+    try:
+        return importlib.import_module(f"lk_probe.testing.{module}")
+    except ModuleNotFoundError as e:
+        if (e.name or "lk_probe").split(".")[0] == "lk_probe":
+            raise  # a bug inside lk_probe, not a missing extra
+        missing = e.name
+    pytest.fail(f"{needed_by} needs lk_probe's testing extra ({missing} is not installed): {EXTRA}", pytrace=False)
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -32,8 +51,10 @@ def pytest_addoption(parser: Any) -> None:
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "lk_netns: needs the private network namespace (real ICE); skipped outside it")
     if config.getoption("--lk-netns", default=False) and not os.environ.get("LK_PROBE_IN_NETNS"):
-        from lk_probe.testing import netns
-
+        try:
+            netns = _testing("netns", "--lk-netns")
+        except pytest.fail.Exception as e:
+            raise pytest.UsageError(str(e)) from None
         if not netns.in_private_netns():
             argv = [sys.executable, "-m", "pytest", *[a for a in config.invocation_params.args if a != "--lk-netns"]]
             netns.reexec_in_netns(argv)
@@ -41,11 +62,7 @@ def pytest_configure(config: Any) -> None:
 
 def pytest_runtest_setup(item: Any) -> None:
     if item.get_closest_marker("lk_netns") is not None:
-        try:
-            from lk_probe.testing import netns
-        except ImportError as e:  # pragma: no cover - testing extras missing
-            pytest.skip(f"lk_probe.testing is unavailable: {e}")
-        if not netns.in_private_netns():
+        if not _testing("netns", "the lk_netns marker").in_private_netns():
             pytest.skip("needs the private network namespace for real ICE: run pytest with --lk-netns "
                         "(or under `python -m lk_probe.testing.netns -- pytest ...`)")
 
@@ -108,9 +125,7 @@ def capspans(monkeypatch: pytest.MonkeyPatch) -> Iterator[CapSpans]:
 @pytest.fixture
 def otlp_receiver() -> Iterator[Any]:
     """A real OTLP receiver (HTTP and gRPC) on 127.0.0.1, stopped after the test."""
-    from lk_probe.testing.otlp import OtlpReceiver
-
-    with OtlpReceiver(grpc_port=0, lifetime=900) as rx:
+    with _testing("otlp", "the otlp_receiver fixture").OtlpReceiver(grpc_port=0, lifetime=900) as rx:
         yield rx
 
 
@@ -127,7 +142,19 @@ def otlp_env(otlp_receiver: Any) -> dict[str, str]:
     }
 
 
-try:  # the LiveKit double's fixtures, when the testing extras are installed
-    from lk_probe.testing.fixtures import agent_worker, lk_double  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+def _double_fixture(name: str) -> Callable[..., Iterator[Any]]:
+    """The generator behind ``lk_probe.testing.fixtures.<name>`` (imported now, at the fixture's setup)."""
+    fixture = getattr(_testing("fixtures", f"the {name} fixture"), name)
+    return getattr(fixture, "__wrapped__", fixture)  # the function pytest's fixture decorator wraps
+
+
+@pytest.fixture
+def lk_double() -> Iterator[Any]:
+    """The LiveKit server double on 127.0.0.1 (``lk_probe.testing.fixtures.lk_double``), leak-checked after the test."""
+    yield from _double_fixture("lk_double")()
+
+
+@pytest.fixture
+def agent_worker(lk_double: Any) -> Iterator[Any]:
+    """Factory starting real agent workers against ``lk_double`` (``lk_probe.testing.fixtures.agent_worker``)."""
+    yield from _double_fixture("agent_worker")(lk_double)

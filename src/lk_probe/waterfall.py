@@ -28,8 +28,8 @@ API:
   (``ATTRIBUTES``, shown without their ``lk_probe.`` prefix) and the span's events (◆ on the bar, time from the
   trace's start). Spans whose parent is missing are shown as roots prefixed with ``…``; spans without an end are
   drawn ``░`` to the trace's end.
-* ``print_waterfall(spans, file=None, *, width=None, trace_id=None, color=None)``: writes it; with colour (rich)
-  when ``file`` (default stdout) is a terminal or ``color=True``.
+* ``print_waterfall(spans, file=None, *, width=None, trace_id=None, color=None)``: writes it; with colour (rich,
+  the ``cli`` extra) when ``file`` (default stdout) is a terminal or ``color=True``; plain text without rich.
 """
 
 from __future__ import annotations
@@ -198,12 +198,15 @@ def print_waterfall(
     file = file if file is not None else sys.stdout
     tty = bool(getattr(file, "isatty", lambda: False)())
     color = tty if color is None else color
+    if color:
+        try:
+            from rich.console import Console
+            from rich.text import Text
+        except ImportError:  # the cli extra is not installed: plain text
+            color = False
     if not color:
         file.write(render(spans, width=width or 100, trace_id=trace_id))
         return
-    from rich.console import Console
-    from rich.text import Text
-
     console = Console(file=file, force_terminal=True, highlight=False)
     for line in _build(spans, width or (console.width if tty else 100), trace_id):
         text = Text()

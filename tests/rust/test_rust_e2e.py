@@ -14,7 +14,7 @@ import lk_probe
 from lk_probe import _provider
 from lk_probe.testing import netns
 
-pytestmark = [pytest.mark.netns, pytest.mark.rtc, pytest.mark.skipif(not netns.in_private_netns(),
+pytestmark = [pytest.mark.lk_netns, pytest.mark.rtc, pytest.mark.skipif(not netns.in_private_netns(),
                                                     reason="needs the private network namespace (real ICE)")]
 
 

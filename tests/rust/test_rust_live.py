@@ -14,7 +14,7 @@ from lk_probe.testing import netns
 from replay import normalized, replay_rows, tree
 from test_rust_replay import check_real
 
-pytestmark = [pytest.mark.netns, pytest.mark.rtc, pytest.mark.skipif(not netns.in_private_netns(),
+pytestmark = [pytest.mark.lk_netns, pytest.mark.rtc, pytest.mark.skipif(not netns.in_private_netns(),
                                                     reason="needs the private network namespace (real ICE)")]
 
 

@@ -1,0 +1,88 @@
+"""What lk_probe instruments is checked at install time, not forced on the user: one warning for an installed
+version outside the range in lk_probe.package, and a part whose package is missing is skipped without a word."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import sys
+
+import pytest
+from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+from opentelemetry.sdk.trace import TracerProvider
+
+import lk_probe
+from lk_probe import _errors, _patching, package
+
+
+@pytest.fixture
+def versions(monkeypatch):
+    """``versions(**{"livekit-agents": "1.9.0"})``: what importlib.metadata reports as installed (nothing else is)."""
+    _errors.reset_for_tests()
+
+    def fake(installed: dict[str, str]) -> None:
+        def version(dist: str) -> str:
+            if dist not in installed:
+                raise importlib.metadata.PackageNotFoundError(dist)
+            return installed[dist]
+
+        monkeypatch.setattr(importlib.metadata, "version", version)
+
+    yield lambda **installed: fake(installed)
+    _errors.reset_for_tests()
+
+
+def _lk_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "lk_probe" and r.levelno >= logging.WARNING]
+
+
+def test_a_version_outside_the_range_warns_once_with_the_range_from_package(versions, caplog):
+    versions(**{"livekit-agents": "1.9.0", "livekit": "1.1.21"})
+    lk_probe._check_versions()
+    lk_probe._check_versions()
+    assert _lk_warnings(caplog) == [f"lk_probe: livekit-agents 1.9.0 is outside the supported range "
+                                    f"{package.SUPPORTED['livekit-agents']}; instrumenting what still applies"]
+
+
+@pytest.mark.parametrize("installed", [
+    {"livekit-agents": "1.8.9", "livekit": "1.2.0", "livekit-api": "1.2.2"},
+    {"livekit-agents": "1.2.0", "livekit": "1.1.0", "livekit-api": "1.0.0"},
+    {"livekit-agents": "1.8.10rc1"},  # a pre-release inside the range
+    {"livekit-api": "1.2.2"},  # a dispatching backend: the others are absent, which is not worth a word
+    {},
+])
+def test_versions_in_range_or_absent_say_nothing(versions, caplog, installed):
+    versions(**installed)
+    lk_probe._check_versions()
+    assert _lk_warnings(caplog) == []
+
+
+def test_instrumentation_dependencies_are_the_installed_packages_ranges(versions):
+    """OpenTelemetry's own check (``LiveKitInstrumentor().instrument()`` without install()) requires every entry."""
+    versions(**{"livekit-api": "1.2.2"})
+    deps = lk_probe.LiveKitInstrumentor().instrumentation_dependencies()
+    assert deps == (f"livekit-api {package.SUPPORTED['livekit-api']}",)
+    assert get_dependency_conflicts(deps) is None
+    versions()
+    assert lk_probe.LiveKitInstrumentor().instrumentation_dependencies() == package._instruments_any
+
+
+@pytest.mark.parametrize("missing, left", [
+    (("livekit.agents",), "livekit.rtc"),
+    (("livekit.agents", "livekit.rtc"), None),
+])
+def test_a_part_whose_package_is_missing_is_skipped_quietly(monkeypatch, caplog, missing, left):
+    _errors.reset_for_tests()
+    provider = TracerProvider()
+    with monkeypatch.context() as hidden:
+        for module in missing:
+            hidden.setitem(sys.modules, module, None)  # as if not installed
+        lk_probe.install(tracer_provider=provider)
+    try:
+        modules = {module for module, _ in _patching.patched()}
+        assert not any(m.startswith("livekit.agents") for m in modules)
+        assert {m.split(".")[1] for m in modules} == ({left.split(".")[1]} if left else set())
+        assert _lk_warnings(caplog) == [] and _errors.errors == []
+    finally:
+        lk_probe.uninstall()
+        provider.shutdown()
