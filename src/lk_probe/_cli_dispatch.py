@@ -72,7 +72,7 @@ def _ms(seconds: float) -> str:
 
 
 def _config_line(e: BaseException, url: str) -> str:
-    from ._patches.api import classify
+    from ._livekit_api import classify
 
     error_type, status = classify(e)
     if error_type in ("unauthenticated", "permission_denied"):

@@ -36,7 +36,7 @@ from . import _catalogue as c
 from . import _provider
 from ._errors import guard, warn_once
 from ._ids import dispatch_trace_id_for, forced_ids
-from ._patches.api import Creds, classify, quiet
+from ._livekit_api import Creds, classify, quiet
 from ._recorder import Recorder
 
 log = logging.getLogger("lk_probe")

@@ -13,79 +13,23 @@ a bounded background watch (``lk_probe._watch``).
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import time
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link
 
 from .. import _catalogue as c
-from .. import _provider
 from .._errors import guard
 from .._ids import dispatch_span_id_for, dispatch_trace_id_for, forced_ids
+from .._livekit_api import classify, creds_of, quiet
 from .._patching import wrap
 from .._recorder import Recorder
+from .._scope import server_attributes
 
 DISPATCH_MOD = "livekit.api.agent_dispatch_service"
 ROOM_MOD = "livekit.api.room_service"
-
-# set while lk_probe's own watch calls the API: those calls are counted on the watch, not traced one by one
-quiet: contextvars.ContextVar[bool] = contextvars.ContextVar("lk_probe_api_quiet", default=False)
-
-
-@dataclass(frozen=True)
-class Creds:
-    """Where a service object sends its calls, to open a client of our own for a watch."""
-
-    url: str
-    api_key: str = ""
-    api_secret: str = ""
-    token: str = ""
-
-
-def creds_of(service: Any) -> Creds:
-    client = getattr(service, "_client", None)
-    return Creds(str(getattr(client, "host", "")), getattr(service, "api_key", "") or "",
-                 getattr(service, "api_secret", "") or "", getattr(service, "_token", None) or "")
-
-
-def server_attributes(url: str) -> dict[str, Any]:
-    parsed = urlparse(url)
-    port = parsed.port or {"https": 443, "wss": 443, "http": 80, "ws": 80}.get(parsed.scheme)
-    return {c.SERVER_ADDRESS: parsed.hostname, c.SERVER_PORT: port}
-
-
-def classify(exc: BaseException) -> tuple[str, int | None]:
-    """(``error.type``, HTTP status or None) of a failed API call: the Twirp code as it came, else the transport's
-    failure class."""
-    code, status = getattr(exc, "code", None), getattr(exc, "status", None)
-    if isinstance(code, str) and code and isinstance(status, int):
-        return code, status
-    if isinstance(exc, asyncio.CancelledError):
-        return c.ERR_CANCELLED, None
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout", None
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - livekit.api depends on aiohttp
-        return "error", None
-    if isinstance(exc, getattr(aiohttp, "ClientConnectorDNSError", ())) or "Name or service not known" in str(exc) \
-            or "nodename nor servname" in str(exc):
-        return "dns", None
-    if isinstance(exc, getattr(aiohttp, "ClientConnectorCertificateError", ())) or \
-            isinstance(exc, getattr(aiohttp, "ClientSSLError", ())):
-        return "tls", None
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "refused", None
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
-        return "closed", None
-    return "error", None
-
 
 def _method(phase: str) -> str:
     return {"dispatch.create": "CreateDispatch", "dispatch.list": "ListDispatch", "dispatch.delete": "DeleteDispatch",
