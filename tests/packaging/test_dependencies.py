@@ -79,6 +79,9 @@ def _allowed(*groups: str | None) -> set[str]:
     count on in an environment with only livekit-api."""
     found = set()
     for g in groups:
+        if g is not None and g.startswith("with:"):  # a part that runs only where this distribution is installed
+            found |= _closure(_canon(g.removeprefix("with:")))
+            continue
         for r in _requirements(g):
             found |= {d for d in _closure(_canon(r.name), frozenset(r.extras))
                       if g != "instruments-any" or d.startswith("livekit")}
@@ -91,6 +94,11 @@ PARTS = {
     "pytest_plugin.py": (None, "testing"),
     "demo.py": (None, "testing", "instruments-any"),  # runs a real agent worker against the double
     "waterfall.py": (None, "cli"),
+    # the dispatching side runs only with livekit-api, and so may use what livekit-api needs (aiohttp, pyjwt)
+    "_patches/api.py": (None, "instruments-any", "with:livekit-api"),
+    "_watch.py": (None, "instruments-any", "with:livekit-api"),
+    "_livekit_api.py": (None, "instruments-any", "with:livekit-api"),
+    "_cli_dispatch.py": (None, "instruments-any", "with:livekit-api"),
     "": (None, "instruments-any"),  # the instrumentation: a part importing livekit.* runs only where it is installed
 }
 

@@ -48,7 +48,7 @@ def test_pip_install_pulled_in_neither_the_agents_stack_nor_the_extras(tmp_path)
     assert "livekit-api" in present and [n for n in NOT_PULLED if n in present] == []
 
 
-def test_install_works_and_says_nothing_about_the_parts_it_skips(tmp_path):
+def test_install_instruments_livekit_api_and_says_nothing_about_the_parts_it_skips(tmp_path):
     r = python("""
 import json, sys
 import lk_probe
@@ -63,7 +63,12 @@ print(json.dumps(state))
 """, tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # no warning (logging's last-resort handler writes them here), no traceback
-    assert json.loads(r.stdout) == {"installed": True, "patched": [], "imported": [], "after_uninstall": False}
+    # the dispatching side is instrumented (livekit.api, which brings aiohttp); nothing of the agents stack is imported
+    assert json.loads(r.stdout) == {
+        "installed": True, "imported": ["aiohttp", "livekit.api"], "after_uninstall": False,
+        "patched": [["livekit.api.agent_dispatch_service", f"AgentDispatchService.{m}"]
+                    for m in ("create_dispatch", "list_dispatch", "get_dispatch", "delete_dispatch")]
+        + [["livekit.api.room_service", "RoomService.create_room"]]}
 
 
 def test_opentelemetry_instrument_loads_the_instrumentor(tmp_path):
