@@ -75,7 +75,7 @@ class LiveKitInstrumentor(BaseInstrumentor):
                 from ._patches import room
 
                 room.instrument()
-        if options.api:
+        if options.api and _importable("livekit.api"):
             with guard("install.api"):
                 from ._patches import api
 

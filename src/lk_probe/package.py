@@ -12,7 +12,7 @@ from here. None of them is a dependency of lk_probe itself.
 SUPPORTED: dict[str, str] = {
     "livekit-agents": ">= 1.2, < 1.9",  # the worker process and the job processes
     "livekit": ">= 1.1, < 1.3",  # livekit.rtc.Room and the Rust engine's records
-    "livekit-api": ">= 1.0, < 1.3",  # a dispatching backend's server API clients (no part patches them yet)
+    "livekit-api": ">= 1.0, < 1.3",  # the dispatching side: its livekit.api dispatch and room calls
 }
 
 _instruments: tuple[str, ...] = ()

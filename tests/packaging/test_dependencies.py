@@ -74,32 +74,33 @@ def _closure(dist: str, extras: frozenset[str] = frozenset()) -> frozenset[str]:
 
 
 def _allowed(*groups: str | None) -> set[str]:
-    """What code may import when ``groups`` (None: the core dependencies) are installed. From ``instruments-any``
-    only the livekit packages themselves: livekit-agents brings much else (rich, numpy, ...) that lk_probe must not
-    count on in an environment with only livekit-api."""
-    found = set()
+    """What code may import when ``groups`` are installed: None is the core dependencies, a name in
+    lk_probe.package.SUPPORTED one instrumented package (with what it brings), any other name an extra of lk_probe."""
+    found: set[str] = set()
     for g in groups:
-        if g is not None and g.startswith("with:"):  # a part that runs only where this distribution is installed
-            found |= _closure(_canon(g.removeprefix("with:")))
-            continue
-        for r in _requirements(g):
-            found |= {d for d in _closure(_canon(r.name), frozenset(r.extras))
-                      if g != "instruments-any" or d.startswith("livekit")}
+        for r in [Requirement(g)] if g in package.SUPPORTED else _requirements(g):
+            found |= _closure(_canon(r.name), frozenset(r.extras))
     return found
 
 
-# which of lk_probe's requirements each part of src/ may import from (paths relative to src/lk_probe)
+# What each part of src/ may import from (paths relative to src/lk_probe, the first matching prefix counts). A part
+# that instruments one package runs only where that package is installed (install() checks), so it may use what
+# that package brings; everything else has only the core dependencies. A new module that imports one of the
+# instrumented packages, or what they bring, needs its line here.
 PARTS = {
     "testing/": (None, "testing"),
     "pytest_plugin.py": (None, "testing"),
-    "demo.py": (None, "testing", "instruments-any"),  # runs a real agent worker against the double
+    "demo.py": (None, "testing", "livekit-agents"),  # runs a real agent worker against the double
     "waterfall.py": (None, "cli"),
-    # the dispatching side runs only with livekit-api, and so may use what livekit-api needs (aiohttp, pyjwt)
-    "_patches/api.py": (None, "instruments-any", "with:livekit-api"),
-    "_watch.py": (None, "instruments-any", "with:livekit-api"),
-    "_livekit_api.py": (None, "instruments-any", "with:livekit-api"),
-    "_cli_dispatch.py": (None, "instruments-any", "with:livekit-api"),
-    "": (None, "instruments-any"),  # the instrumentation: a part importing livekit.* runs only where it is installed
+    "_patches/worker.py": (None, "livekit-agents"),
+    "_patches/job.py": (None, "livekit-agents"),
+    "_patches/room.py": (None, "livekit"),
+    "_rust/bridge.py": (None, "livekit"),
+    "_patches/api.py": (None, "livekit-api"),
+    "_livekit_api.py": (None, "livekit-api"),
+    "_watch.py": (None, "livekit-api"),  # lk_probe.watch_dispatch: a livekit.api client of its own
+    "_cli_dispatch.py": (None, "livekit-api"),  # lk-probe canary / watch
+    "": (None,),
 }
 
 
@@ -147,7 +148,7 @@ def test_every_import_comes_from_what_its_part_declares():
             dist = _distribution(module)
             if dist is None or dist not in allowed:
                 problems.append(f"{rel}: {module} (from {dist or 'no installed distribution'}) is not required by "
-                                f"{' + '.join(g or 'the core dependencies' for g in groups)}")
+                                f"{' + '.join(g or 'the core dependencies' for g in groups)} (see PARTS)")
     assert not problems, "\n".join(problems)
 
 

@@ -54,21 +54,17 @@ import json, sys
 import lk_probe
 from lk_probe import _patching
 lk_probe.install()
-state = {"installed": lk_probe.installed(), "patched": _patching.patched(),
-         "imported": sorted(m for m in ("livekit.agents", "livekit.rtc", "livekit.api", "aiohttp", "pytest", "rich")
-                            if m in sys.modules)}
+state = {"installed": lk_probe.installed(), "patched": sorted({m for m, _ in _patching.patched()}),
+         "imported": sorted(m for m in ("livekit.agents", "livekit.rtc", "pytest", "rich") if m in sys.modules)}
 lk_probe.uninstall()
-state["after_uninstall"] = lk_probe.installed()
+state["after_uninstall"] = [lk_probe.installed(), _patching.patched()]
 print(json.dumps(state))
 """, tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # no warning (logging's last-resort handler writes them here), no traceback
-    # the dispatching side is instrumented (livekit.api, which brings aiohttp); nothing of the agents stack is imported
-    assert json.loads(r.stdout) == {
-        "installed": True, "imported": ["aiohttp", "livekit.api"], "after_uninstall": False,
-        "patched": [["livekit.api.agent_dispatch_service", f"AgentDispatchService.{m}"]
-                    for m in ("create_dispatch", "list_dispatch", "get_dispatch", "delete_dispatch")]
-        + [["livekit.api.room_service", "RoomService.create_room"]]}
+    state = json.loads(r.stdout)
+    assert state["installed"] and state["patched"] and all(m.startswith("livekit.api.") for m in state["patched"])
+    assert (state["imported"], state["after_uninstall"]) == ([], [False, []])
 
 
 def test_opentelemetry_instrument_loads_the_instrumentor(tmp_path):
