@@ -3,7 +3,8 @@
 Env: LKP_MARKERS (JSON-lines file for markers), LKP_AGENT_NAME, LKP_MODE (what the entrypoint does: "return",
 "connect", "connect_hold", "kill" = SIGKILL itself, "hold", "raise", "loop_block", "connect_stuck"), LKP_REQUEST ("accept" | "reject" | "slow"),
 LKP_LOAD / LKP_LOAD_THRESHOLD (worker load), LKP_IDLE (num_idle_processes), LKP_HOLD (seconds), LKP_EXECUTOR
-("process" | "thread"), LKP_USER_PROVIDER=1 (the agent sets its own global SDK provider first).
+("process" | "thread"), LKP_USER_PROVIDER=1 (the agent sets its own global SDK provider first), LKP_EXIT_CPU=1 (an
+"exit" marker with the job process's CPU time as it exits).
 """
 
 import asyncio
@@ -86,8 +87,29 @@ async def _block_the_loop_around_a_rust_watchdog_line() -> None:
     await asyncio.sleep(0.2)
 
 
+def _native_threads_cpu() -> float:
+    """CPU time of this process's live threads that the Rust SDK started (it names them; Python's threads keep the
+    process's name)."""
+    def stat(task: str) -> tuple[str, float]:
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                raw = f.read()
+        except OSError:  # the thread ended meanwhile
+            return "", 0.0
+        fields = raw.rsplit(")", 1)[1].split()
+        return raw[raw.index("(") + 1:raw.rindex(")")], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    name = stat(str(os.getpid()))[0]
+    return sum(cpu for comm, cpu in map(stat, os.listdir("/proc/self/task")) if comm not in (name, ""))
+
+
 async def entrypoint(ctx: JobContext) -> None:
     mark("entrypoint", job_id=ctx.job.id)
+    if os.environ.get("LKP_EXIT_CPU") == "1":  # benchmarks: the job process's whole CPU time, read as it exits
+        from multiprocessing import util
+
+        util.Finalize(None, lambda j=ctx.job.id: mark("exit", job_id=j, cpu=time.process_time(),
+                                                      native_cpu=_native_threads_cpu()), exitpriority=-100)
     if MODE in ("connect", "connect_hold", "loop_block"):
         await ctx.connect()
         mark("connected", job_id=ctx.job.id, sid=ctx.room.local_participant.sid, cpu=time.process_time())
