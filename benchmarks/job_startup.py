@@ -58,7 +58,8 @@ def _env(cache: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = cache
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.abspath(SRC), env.get("PYTHONPATH")]))
+    # this checkout's src unless PYTHONPATH already names one
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), os.path.abspath(SRC)]))
     # a provider is built in the prewarm step: point it at loopback (nothing is exported: no span ends)
     env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = "http://127.0.0.1:4318/v1/traces"
     env.pop("OTEL_SDK_DISABLED", None)
