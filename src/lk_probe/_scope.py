@@ -46,6 +46,7 @@ class JobScope:
     recorder: Recorder | None
     options: Options
     room: str | None = None  # the room's name, for the job's diagnosis line
+    trace_id: int = 0  # the job's trace (lk_probe._ids.trace_id_for)
     rooms: list[OwnedRoom] = field(default_factory=list)
     connect: ConnectScope | None = None
     closed: bool = False

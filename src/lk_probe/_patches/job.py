@@ -127,15 +127,17 @@ def _start_job(wrapped, instance, args, kwargs):
     with guard("job.start"):
         msg = args[0] if args else kwargs["msg"]
         job = msg.running_job.job
-        sampled = _provider.sampled_root(trace_id_for(job.id, job.dispatch_id))
+        trace_id = trace_id_for(job.id, job.dispatch_id)
+        sampled = _provider.sampled_root(trace_id)
         ctx = job_parent_context(job.id, job.state.started_at, dispatch_id=job.dispatch_id, sampled=sampled)
         attach_processors(_provider.provider())
         if in_job_process():  # one job per process: the crash journal is the process's (not in the thread executor)
             with guard("job.journal_open"):
                 _journal.open_for_job(job.id, os.getpid())
         rec = Recorder(ctx, attributes={c.JOB_ID: job.id}, label=job.id)
-        _verdict.collector.watch(trace_id_for(job.id))
-        scope = _scope.JobScope(job.id, rec, _provider.options(), room=getattr(job.room, "name", None) or None)
+        _verdict.collector.watch(trace_id)
+        scope = _scope.JobScope(job.id, rec, _provider.options(), room=getattr(job.room, "name", None) or None,
+                                trace_id=trace_id)
         pre = _proc.prewarm
         if pre is not None:
             rec.start("process.prewarm", "process.prewarm", t=pre.start_ns, attributes={c.PROCESS_PID: pre.pid})
@@ -171,7 +173,7 @@ def _conclude(scope: _scope.JobScope) -> None:
     worker (which owns the job's root span) in the journal."""
     if not scope.job_id:
         return
-    findings = _verdict.conclude(trace_id_for(scope.job_id), job_id=scope.job_id, room=scope.room,
+    findings = _verdict.conclude(scope.trace_id, job_id=scope.job_id, room=scope.room,
                                  livekit_version=None)
     if findings and _journal.active is not None:
         _journal.active.verdict(_verdict.root_attributes(findings))

@@ -37,6 +37,8 @@ MAX_JOBS = 1024  # bound the per-job state whatever happens
 class _JobTrace:
     def __init__(self, job: Any, t: int, worker: Any) -> None:
         self.job_id: str = job.id
+        # the job's trace: derived from its dispatch id when it has one, else from its job id
+        self.trace_id = trace_id_for(job.id, getattr(job, "dispatch_id", "") or "")
         # an empty context: the job span is a root whatever happens to be current in the worker
         self.rec = Recorder(otel_context.Context(), attributes={c.JOB_ID: job.id}, label=job.id)
         self.room: str | None = getattr(getattr(job, "room", None), "name", None) or None
@@ -152,7 +154,7 @@ def _handle_availability(wrapped, instance, args, kwargs):
         jt = _JobTrace(job, t, instance)
         attrs = {**_job_attributes(job), **_worker_state(instance),
                  c.JOB_RESUMING: bool(getattr(msg, "resuming", False))}
-        with forced_ids(trace_id_for(job.id, job.dispatch_id), root_span_id_for(job.id, job.state.started_at)):
+        with forced_ids(jt.trace_id, root_span_id_for(job.id, job.state.started_at)):
             jt.rec.start("job", "job", t=t, parent=None, attributes=attrs)
         job_ctx = jt.rec.context("job")
         if job_ctx is None:  # the job span could not be started: trace nothing for this job
@@ -161,7 +163,7 @@ def _handle_availability(wrapped, instance, args, kwargs):
             jt.rec.set_default_parent(job_ctx)
             jt.rec.start("job.availability", "job.availability", t=t)
             _verdict.attach(_provider.provider())
-            _verdict.collector.watch(trace_id_for(job.id))
+            _verdict.collector.watch(jt.trace_id)
             _jobs[job.id] = jt
     if jt is None or jt.rec.default_parent is None:
         return wrapped(*args, **kwargs)
@@ -395,7 +397,7 @@ def _finish_job(jt: _JobTrace, t: int, *, outcome: str, error_type: str | None =
             jt.rec.end(key, t=t, error_type=error_type or c.ERR_INCOMPLETE, error_message=error_message)
     with guard("worker.verdict"):
         # the worker's own diagnosis (a dead process, an assignment that never came), else the job process's
-        findings = _verdict.conclude(trace_id_for(jt.job_id), job_id=jt.job_id, room=jt.room, livekit_version=None)
+        findings = _verdict.conclude(jt.trace_id, job_id=jt.job_id, room=jt.room, livekit_version=None)
         attrs.update(_verdict.root_attributes(findings) if findings else (verdict or {}))
     jt.rec.end("job", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
     _jobs.pop(jt.job_id, None)
