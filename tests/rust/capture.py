@@ -230,7 +230,7 @@ def main() -> None:
     path = asyncio.run(run(a.scenario, Path(a.out)))
     print(path)
     sys.stdout.flush()
-    os._exit(0)  # the FFI can abort at interpreter exit (server-double.md gotcha 6)
+    os._exit(0)  # the FFI can abort at interpreter exit (a teardown race in the Rust runtime)
 
 
 if __name__ == "__main__":

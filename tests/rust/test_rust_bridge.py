@@ -238,7 +238,7 @@ def test_room_events_are_opt_in(livekit_logger):
         def room_event(self, name, t, **data):
             got.append(name)
 
-    bridge.install(lambda: M())  # the default: Room.on handlers feed room events (the lead's patch)
+    bridge.install(lambda: M())  # the default: Room.on handlers feed room events (the room patch)
     ev = ffi_pb2.FfiEvent()
     ev.room_event.room_handle = 1
     ev.room_event.reconnecting.SetInParent()

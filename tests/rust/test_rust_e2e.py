@@ -1,4 +1,4 @@
-"""End to end through lk_probe.install() (the lead's Room.connect patch + Recorder + OTLP export) and this bridge:
+"""End to end through lk_probe.install() (the Room.connect patch + Recorder + OTLP export) and this bridge:
 a real Room against the server double whose first signal upgrade is held; the exported spans show the failed
 attempt with its signal timeout and validate, the second attempt, and the user's `livekit` handler still gets no
 Rust DEBUG record. Needs the private network namespace."""

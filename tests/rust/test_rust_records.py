@@ -1,4 +1,4 @@
-"""records.parse: one table per version range, exact record shapes from rust-phases.md."""
+"""records.parse: one table per version range, exact record shapes as the Rust SDK logs them."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Replay tests: record sequences → phases.
 
-* ``transcribed-*.jsonl``: lines copied verbatim from research/rust-phases.md, server-double.md and the seeds
+* ``transcribed-*.jsonl``: lines copied verbatim from the SDK's logs as users and our own notes recorded them
   (labelled ``"source": "transcribed"`` in each file's first line).
 * ``real-*.jsonl``: captured by ``tests/rust/capture.py`` from a real ``livekit.rtc.Room`` (livekit 1.1.2, 1.1.21,
   1.2.0) against the server double with faults; ``real-*.live.json`` holds what the live machine emitted during the
@@ -127,7 +127,7 @@ def test_112_seed004_migration_never_recovers():
                                                                                   "subscriber"]
     assert events(sink, "rtc.data_retry_gap")[0].attributes["lk_probe.retry.first_seq"] == 1046
     assert events(sink, "rtc.session_close")[0].attributes["lk_probe.reconnect.source"] == "pc_state failed"
-    assert m.open_count() == 2  # episode + attempt, for the lead's stall records
+    assert m.open_count() == 2  # episode + attempt, for the recorder's stall records
     blob = json.dumps([c.__dict__ for c in sink.calls], default=str)
     assert "SECRETICEPWD" not in blob and "sid=PA_" not in blob
 

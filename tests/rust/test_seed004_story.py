@@ -1,4 +1,4 @@
-"""Issue 5, acceptance 6: the last user report (livekit 1.1.2 records, transcribed from seeds/004) replayed through
+"""A user's report of a migration that never recovered (livekit 1.1.2 records, transcribed from it) replayed through
 the production path — EngineMachine → Recorder (OTel spans) with the crash journal on — and then the process death as
 the worker handles it: a failed episode with the subscriber PC failure, the watchdog event on the Answer, the
 attempts, and the job process killed by -9."""

@@ -1,7 +1,7 @@
 """Every signalling fault and action of the double, against the real Rust SDK (``livekit.rtc.Room``), asserted from
 the client side (room events, ConnectError, timing) and from the double's event log. Needs the private netns.
 
-Timings (per attempt, from rust-phases.md): WS upgrade 5 s (``connect_timeout``), JoinResponse 5 s, PC 15 s,
+Timings (per attempt, the Rust SDK's own limits): WS upgrade 5 s (``connect_timeout``), JoinResponse 5 s, PC 15 s,
 4 attempts; validate 3 s; resume pacing ~3 s on 1.1.21+.
 """
 

@@ -1,7 +1,7 @@
 """The hook into ``livekit.rtc._ffi_client``: every Rust log record (DEBUG included) and the room events reach the
 active :class:`~lk_probe._rust.machine.EngineMachine`; the user's ``livekit`` logger sees exactly what it saw before.
 
-How (``research/rust-phases.md`` §1):
+How:
 
 * ``ffi_event_callback`` logs each record with ``_ffi_client.logger.log(level, "%s:%s:%s - %s", target, line,
   module_path, message)`` — a module-global looked up per call. :func:`install` replaces it with a proxy; the proxy
@@ -141,7 +141,7 @@ class _NoLoop:
 
 def attach_events() -> bool:
     """Subscribe the room-event filter if the FFI client exists (never creates it). Called by the bridge on the
-    first phase record; the lead may call it after creating a Room to get events before any record."""
+    first phase record; the room patch may call it after creating a Room to get events before any record."""
     with _lock:
         if not _state.get("installed") or not _state.get("room_events"):
             return False

@@ -1,6 +1,6 @@
 """Parse one Rust log record (as forwarded by ``livekit.rtc._ffi_client``) into a typed engine event.
 
-Records reach Python as ``(level, target, line, module_path, message)``; see ``research/rust-phases.md`` §1. Only a
+Records reach Python as ``(level, target, line, module_path, message)`` (the FFI's LogRecord fields). Only a
 few dozen record shapes matter for the connect path and reconnect episodes. They are listed below in ONE table per
 version range, keyed on ``(target, message prefix)``: a record whose target is not in the table costs one dict
 lookup; libwebrtc's flood never gets that far (``parse`` returns at the first comparison).
