@@ -204,8 +204,8 @@ def _relayed(v: View) -> Match | None:
 def _slow_connect(v: View) -> Match | None:
     for s in v.of(*CONNECT_PHASES):
         if s.error or _over_budget(s):
-            what = f"failed ({_etype(s) or s.status_message[:80]})" if s.error else "took"
-            return Match(s, f"{s.phase} {what} after {_s(s.duration)} (budget {_s(c.budget('job.connect'))}); "
+            what = f"failed ({_etype(s) or s.status_message[:80]}) after" if s.error else "took"
+            return Match(s, f"{s.phase} {what} {_s(s.duration)} (budget {_s(c.budget(s.phase))}); "
                             f"{len(v.of('rtc.attempt'))} engine attempt(s)", {s.phase: s.duration or 0.0})
     return None
 
