@@ -8,6 +8,7 @@ import time
 import pytest
 
 from lk_probe._ids import dispatch_trace_id_for, root_span_id_for, trace_id_for
+from lk_probe.findings import diagnose
 
 pytestmark = pytest.mark.e2e
 
@@ -106,6 +107,31 @@ def test_full_worker_auto_rejects_with_its_load_in_the_trace(probe):
     assert not spans.named("job.request_handler")  # the user's handler never ran
     assert root.attributes["lk_probe.worker.load_threshold"] == pytest.approx(0.5)
     assert probe.markers("request") == []
+    # the diagnosis of the exported trace: the worker was full, said on the job span with its load and outcome
+    (finding,) = diagnose(spans)
+    assert finding.code == "worker_full" and finding.span_id == root.span_id and "load threshold" in finding.summary
+    assert finding.evidence.startswith("worker load 0.9 vs threshold 0.5") and "rejected_unavailable" in finding.evidence
+
+
+def test_slow_request_handler_and_slow_prewarm_are_diagnosed_from_the_trace(probe, monkeypatch):
+    # the request handler answers after 0.8 s (budget 0.5 s); the prewarm sleeps 1.5 s against a budget lowered to 1 s
+    # (in the worker and here, where the exported trace is diagnosed)
+    monkeypatch.setenv("LK_PROBE_BUDGET_PROCESS_PREWARM", "1.0")
+    probe.start_worker(LKP_REQUEST="slow", LKP_HOLD="0.8", LKP_PREWARM="1.5", LK_PROBE_BUDGET_PROCESS_PREWARM="1.0")
+    job_id = probe.dispatch(room="room-slow-start")
+    probe.wait_span(job_id, "job", timeout=30)
+    spans = probe.trace(job_id)
+    handler, prewarm = spans.phase("job.request_handler"), spans.phase("process.prewarm")
+    assert 0.8 <= handler.duration < 2.0 and prewarm.duration >= 1.5, (handler.duration, prewarm.duration)
+
+    found = {f.code: f for f in diagnose(spans)}
+    assert set(found) == {"slow_request_handler", "slow_prewarm"}, found  # warm process, quick connect: nothing else
+    slow_handler, slow_prewarm = found["slow_request_handler"], found["slow_prewarm"]
+    assert slow_handler.span_id == handler.span_id and "request handler (on_request)" in slow_handler.summary
+    assert slow_handler.evidence == f"the request handler ran {handler.duration:.1f} s (budget 0.5 s) before it " \
+                                    f"answered (accepted)"
+    assert slow_prewarm.span_id == prewarm.span_id and "prewarm" in slow_prewarm.summary
+    assert slow_prewarm.evidence == f"the job process's start and prewarm took {prewarm.duration:.1f} s (budget 1.0 s)"
 
 
 def test_sigkilled_job_process_is_closed_by_the_worker_within_2s(probe):

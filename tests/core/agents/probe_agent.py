@@ -4,7 +4,7 @@ Env: LKP_MARKERS (JSON-lines file for markers), LKP_AGENT_NAME, LKP_MODE (what t
 "connect", "connect_hold", "kill" = SIGKILL itself, "hold", "raise", "loop_block", "connect_stuck"), LKP_REQUEST ("accept" | "reject" | "slow"),
 LKP_LOAD / LKP_LOAD_THRESHOLD (worker load), LKP_IDLE (num_idle_processes), LKP_HOLD (seconds), LKP_EXECUTOR
 ("process" | "thread"), LKP_USER_PROVIDER=1 (the agent sets its own global SDK provider first), LKP_EXIT_CPU=1 (an
-"exit" marker with the job process's CPU time as it exits).
+"exit" marker with the job process's CPU time as it exits), LKP_PREWARM (seconds the prewarm function sleeps, default 0).
 """
 
 import asyncio
@@ -103,6 +103,10 @@ def _native_threads_cpu() -> float:
     return sum(cpu for comm, cpu in map(stat, os.listdir("/proc/self/task")) if comm not in (name, ""))
 
 
+def prewarm(proc: object) -> None:
+    time.sleep(float(os.environ.get("LKP_PREWARM", "0")))
+
+
 async def entrypoint(ctx: JobContext) -> None:
     mark("entrypoint", job_id=ctx.job.id)
     if os.environ.get("LKP_EXIT_CPU") == "1":  # benchmarks: the job process's whole CPU time, read as it exits
@@ -135,6 +139,7 @@ if __name__ == "__main__":
     cli.run_app(WorkerOptions(
         entrypoint_fnc=entrypoint,
         request_fnc=request,
+        prewarm_fnc=prewarm,
         agent_name=os.environ.get("LKP_AGENT_NAME", ""),
         num_idle_processes=int(os.environ.get("LKP_IDLE", "1")),
         load_fnc=lambda *_: float(os.environ.get("LKP_LOAD", "0.0")),
