@@ -106,6 +106,10 @@ SERVER_NODE_ID = _a("lk_probe.server.node_id", _STR, "The server node (JoinRespo
 SERVER_VERSION = _a("lk_probe.server.version", _STR, "The server's version (JoinResponse).")
 SERVER_PROTOCOL = _a("lk_probe.server.protocol", _INT, "The signalling protocol version (JoinResponse).")
 SUBSCRIBER_PRIMARY = _a("lk_probe.subscriber_primary", _BOOL, "The subscriber PC is the primary one (v0 dual-PC).")
+PING_INTERVAL = _a("lk_probe.signal.ping_interval", _INT, "How often the SDK pings the server on the signal "
+                   "connection, in s (set by the JoinResponse).")
+PING_TIMEOUT = _a("lk_probe.signal.ping_timeout", _INT, "How long the signal connection may stay silent before the "
+                  "SDK gives it up ('ping timeout'), in s (set by the JoinResponse).")
 JOIN_RESPONSE = _a("lk_probe.join.response", _STR, "Which response ended the join wait (join or reconnect).")
 PC = _a("lk_probe.pc", _STR, "The peer connection: publisher or subscriber.")
 SETUP_MS = _a("lk_probe.setup_ms", _FLOAT, "The engine's own 'connection setup took' figure, in ms.")
@@ -131,6 +135,9 @@ ICE_UNAVAILABLE = _a("lk_probe.ice.unavailable", _STR, "Why no ICE pair could be
 RECONNECT_SOURCE = _a("lk_probe.reconnect.source", _STR, "What closed the session (signal, publisher, subscriber, "
                       "leave …).")
 RECONNECT_REASON = _a("lk_probe.reconnect.reason", _STR, "The reason the engine gave (ping timeout, Migration …).")
+RECONNECT_SILENT_SINCE = _a("lk_probe.reconnect.silent_since", _INT, "A ping-timeout episode: when the signal path "
+                            "went silent (the last pong), as Unix time in ns: the episode's start minus the ping "
+                            "timeout.")
 RECONNECT_ACTION = _a("lk_probe.reconnect.action", _STR, "What the engine decided: resume, restart or disconnect.")
 RECONNECT_MODE = _a("lk_probe.reconnect.mode", _STR, "The attempt's kind: resume or restart.")
 DISCONNECT_REASON = _a("lk_probe.disconnect_reason", _STR, "livekit.rtc's DisconnectReason, by name.")
@@ -208,7 +215,7 @@ EV_DATA_RETRY_GAP = _e("rtc.data_retry_gap", "Reliable data packets went missing
 EV_DC_CLOSED = _e("rtc.dc_closed", "A data channel closed.", DC_LABEL)
 EV_CONNECTION_SETUP = _e("rtc.connection_setup", "The engine's own connection-setup time.", SETUP_MS)
 EV_JOIN_RESPONSE = _e("rtc.join_response", "The JoinResponse arrived.", SERVER_REGION, SERVER_NODE_ID,
-                      SERVER_VERSION, SERVER_PROTOCOL, SUBSCRIBER_PRIMARY)
+                      SERVER_VERSION, SERVER_PROTOCOL, SUBSCRIBER_PRIMARY, PING_INTERVAL, PING_TIMEOUT)
 EV_READY_TIMEOUT = _e("rtc.ready_timeout", "The engine timed out waiting for the room to be ready.")
 
 # ---- error types (values of error.type) and disconnect reasons ------------------------------------------------------
@@ -389,7 +396,8 @@ PHASES: tuple[Phase, ...] = (
           "Waiting for the JoinResponse after the signal socket opened.",
           "Rust record 'received JoinResponse'",
           ("lk_probe.server.region", "lk_probe.server.node_id", "lk_probe.server.version",
-           "lk_probe.server.protocol", "lk_probe.subscriber_primary", "lk_probe.join.response",
+           "lk_probe.server.protocol", "lk_probe.subscriber_primary", "lk_probe.signal.ping_interval",
+           "lk_probe.signal.ping_timeout", "lk_probe.join.response",
            "lk_probe.inferred", "lk_probe.inferred_from", "error.type"), budget=2.0),
     Phase("rtc.pc", "rtc.attempt", _I, RTC,
           "One peer connection (publisher or subscriber) reaching 'connected': ICE + DTLS.",
@@ -404,7 +412,7 @@ PHASES: tuple[Phase, ...] = (
           "A reconnect episode: from the session close to recovered, gave up or disconnected.",
           "'received session close' → 'RtcEngine successfully recovered' | 'failed to reconnect'",
           ("lk_probe.reconnect.source", "lk_probe.reconnect.reason", "lk_probe.reconnect.action",
-           "lk_probe.outcome", "lk_probe.disconnect_reason", "lk_probe.inferred", "lk_probe.inferred_from"),
+           "lk_probe.reconnect.silent_since", "lk_probe.outcome", "lk_probe.disconnect_reason", "lk_probe.inferred", "lk_probe.inferred_from"),
           budget=10.0),
     Phase("rtc.reconnect.attempt", "rtc.reconnect", _I, RTC,
           "One resume or full-reconnect (restart) attempt.",

@@ -378,8 +378,13 @@ def _ping_timeout(v: View) -> Match | None:
     for ep in _episodes(v):
         why = f"{ep.attributes.get(c.RECONNECT_SOURCE, '')} {ep.attributes.get(c.RECONNECT_REASON, '')}".lower()
         if "ping timeout" in why:
-            silent = f"the SDK noticed at {v.at(ep.start_ns)}; the signal path had gone silent one ping timeout " \
-                     f"(the server sets it in the JoinResponse) before that"
+            since = ep.attributes.get(c.RECONNECT_SILENT_SINCE)
+            if since is not None:
+                silent = f"the signal path went silent at {v.at(since)} (its last pong) and the SDK noticed one " \
+                         f"ping timeout ({_s((ep.start_ns - since) / 1e9)}) later, at {v.at(ep.start_ns)}"
+            else:
+                silent = f"the SDK noticed at {v.at(ep.start_ns)}; the signal path had gone silent one ping timeout " \
+                         f"(the server sets it in the JoinResponse) before that"
             return Match(ep, f"{silent}; the episode ended {ep.attributes.get(c.OUTCOME, '?')} after "
                              f"{_s(ep.duration)}", {"rtc.reconnect": ep.duration or 0.0})
     return None
@@ -457,7 +462,8 @@ RULES: tuple[Rule, ...] = (
          "server-side node restarts or migrations at the time, how long the client was away, and that your agent "
          "handles a rejoin (track re-subscription, participant state).", WHY, _resume_refused),
     Rule("ping_timeout", "Signal ping timeout",
-         "an `rtc.reconnect` whose source or reason is `ping timeout`",
+         "an `rtc.reconnect` whose source or reason is `ping timeout` (`lk_probe.reconnect.silent_since`: when "
+         "the signal path went silent)",
          "The signal connection went silent (no pong within the server-set ping timeout) and the SDK only noticed "
          "one ping timeout later: the network path dropped without closing the socket.",
          "network drops, NAT/connection-tracking idle timeouts, proxies or load balancers that silently drop "

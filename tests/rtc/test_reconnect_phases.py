@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from lk_probe.findings import diagnose
+
 from .conftest import V112, codes, signal, wait_spans
 
 # Known, not yet fixed: on livekit 1.1.2 the engine's log batch can reach Python after the room event it precedes (the
@@ -64,7 +66,19 @@ async def test_dropped_pongs_start_an_episode_caused_by_ping_timeout(lk_double, 
     ep = _episode_done(spans)[0]
     assert "ping timeout" in ep.attributes["lk_probe.reconnect.source"]
     assert ep.attributes["lk_probe.outcome"] == "recovered"
-    assert codes(spans)[0] == "ping_timeout"
+    # when the link went silent: the join recorded the server's ping timeout, and the episode dates the silence one
+    # ping timeout before the SDK noticed — the double's last pong on that connection, give or take a ping
+    join = spans.phases("rtc.join")[0]
+    assert (join.attributes["lk_probe.signal.ping_interval"], join.attributes["lk_probe.signal.ping_timeout"]) == (1, 5)
+    since = ep.attributes["lk_probe.reconnect.silent_since"]
+    assert since == ep.start_ns - 5_000_000_000 or ep.start_ns - since < 5_000_000_000  # episode opened by the event
+    withheld = lk_double.events.of_kind("pongs_withheld", lambda e: e["identity"] == "agent-p")[0]
+    assert withheld["last_pong"] is not None and abs(since / 1e9 - withheld["last_pong"]) < 1.5, \
+        (since / 1e9, withheld["last_pong"])
+    (finding, *_) = diagnose(spans)
+    assert finding.code == "ping_timeout" and finding.span_id == ep.span_id
+    t0 = spans[0].start_ns
+    assert f"went silent at +{(since - t0) / 1e9:.1f} s (its last pong)" in finding.evidence, finding.evidence
 
 
 async def test_leave_disconnect_ends_as_disconnected(lk_double, capspans, connected):

@@ -281,7 +281,8 @@ class Attempt:
         attrs = {}
         for src, dst in (("region", c.SERVER_REGION), ("node_id", c.SERVER_NODE_ID),
                          ("version", c.SERVER_VERSION), ("protocol", c.SERVER_PROTOCOL),
-                         ("subscriber_primary", c.SUBSCRIBER_PRIMARY)):
+                         ("subscriber_primary", c.SUBSCRIBER_PRIMARY), ("ping_interval", c.PING_INTERVAL),
+                         ("ping_timeout", c.PING_TIMEOUT)):
             if src in d:
                 attrs[dst] = d[src]
         self.joined_t = t

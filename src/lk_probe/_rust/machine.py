@@ -91,6 +91,7 @@ class EngineMachine:
         self._late: Attempt | None = None  # ended well before any PC record: late PC records still go to it
         self._attempts_max = 4  # join_retries 3 (Rust default) + 1
         self._episode: _Episode | None = None
+        self._ping_timeout: int | None = None  # the session's, from its JoinResponse (s)
         self._pre: list[tuple[int, str, dict[str, Any]]] = []
 
     # ------------------------------------------------------------------ helpers
@@ -143,6 +144,8 @@ class EngineMachine:
             return
         with self._lock:
             self._fingerprint(ev)
+            if ev.kind == "join_response" and ev.data.get("ping_timeout"):
+                self._ping_timeout = ev.data["ping_timeout"]
             if self._pre and t - self._pre[0][0] > PRE_EPISODE_WINDOW:
                 self._flush_pre()
             on_attempt = Attempt.RECORDS.get(ev.kind)
@@ -330,6 +333,9 @@ class EngineMachine:
     def _r_session_close(self, d: dict[str, Any], t: int) -> None:
         attrs = {c.RECONNECT_SOURCE: d.get("source"), c.RECONNECT_REASON: d.get("reason"),
                  c.RECONNECT_ACTION: d.get("action")}
+        if self._ping_timeout and "ping timeout" in f"{d.get('source')} {d.get('reason')}".lower():
+            # the SDK gives the signal path up one ping timeout after its last pong: that is when it went silent
+            attrs[c.RECONNECT_SILENT_SINCE] = t - self._ping_timeout * 1_000_000_000
         ep = self._episode
         if ep is None:
             if self.state != CONNECTED:

@@ -390,12 +390,14 @@ def parse(level: int, target: str, line: Any, module_path: str, message: str) ->
 # --------------------------------------------------------------------------------------------------------
 # JoinResponse (Debug-printed prost message) → server attributes
 
+_PING_RE = {k: re.compile(rf"\b{k}: (\d{{1,6}})\b") for k in ("ping_interval", "ping_timeout")}
 _SI_FIELD_RE = re.compile(r'\b(region|node_id|version|protocol): ("(?:[^"\\]|\\.){0,256}"|-?\d{1,10})')
 
 
 def parse_join_response(text: str) -> dict[str, Any]:
-    """Pick ``server_info { region, node_id, version, protocol }`` and ``subscriber_primary`` out of a
-    ``{:?}``-printed JoinResponse. Never returns names, identities, tokens or ICE credentials."""
+    """Pick ``server_info { region, node_id, version, protocol }``, ``subscriber_primary`` and the ping settings
+    (``ping_interval``, ``ping_timeout``, in s) out of a ``{:?}``-printed JoinResponse. Never returns names,
+    identities, tokens or ICE credentials."""
     out: dict[str, Any] = {}
     i = text.rfind("server_info: Some(ServerInfo {")
     if i >= 0:
@@ -417,6 +419,10 @@ def parse_join_response(text: str) -> dict[str, Any]:
             out["subscriber_primary"] = True
         elif rest.startswith("false"):
             out["subscriber_primary"] = False
+    for key in ("ping_interval", "ping_timeout"):  # top-level fields, printed after the participants
+        found = _PING_RE[key].findall(text)
+        if found:
+            out[key] = int(found[-1])
     if "version" not in out:  # old servers: top-level server_version
         m = re.search(r'\bserver_version: "((?:[^"\\]|\\.){1,64})"', text[:MAX_MESSAGE])
         if m:

@@ -66,7 +66,8 @@ FAULTS: dict[str, str] = {
                              "our address only from our connectivity checks (a peer-reflexive remote candidate, as "
                              "behind a NAT)",
     "drop_pongs": "stop answering pings on the participant's signal connection (taken at its next ping; one "
-                  "firing = one connection goes silent), so the client's ping timeout fires and it resumes",
+                  "firing = one connection goes silent; event `pongs_withheld` with its `last_pong` time), so the "
+                  "client's ping timeout fires and it resumes",
     "refuse_resume": "answer a resume with Leave{STATE_MISMATCH, RECONNECT} and forget the participant, like a real "
                      "server that lost it",
     "refuse_rejoin": "refuse a full rejoin (fresh join of an identity that was in the room before) with HTTP "

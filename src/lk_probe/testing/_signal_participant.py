@@ -42,6 +42,7 @@ class SignalConn:
         self.identity = identity
         self.participant: SignalParticipant | None = None
         self.drop_pongs = False
+        self.last_pong: float | None = None  # when the last pong was sent (time.time())
         self.close_reason: str | None = None
         self._lock = asyncio.Lock()
 

@@ -262,13 +262,17 @@ class SignalSessions:
         if which in ("ping_req", "ping") and not conn.drop_pongs:
             # taken at most once per connection, sticky from then on: the live connection goes silent
             conn.drop_pongs = svc.take("drop_pongs", conn.identity) is not None
+            if conn.drop_pongs:  # the connection goes silent now: say since when
+                svc.record("pongs_withheld", identity=conn.identity, last_pong=conn.last_pong)
         if which == "ping_req":
             if not conn.drop_pongs:
                 await conn.send(rtc.SignalResponse(pong_resp=rtc.Pong(
                     last_ping_timestamp=req.ping_req.timestamp, timestamp=int(time.time() * 1000))))
+                conn.last_pong = time.time()
         elif which == "ping":
             if not conn.drop_pongs:
                 await conn.send(rtc.SignalResponse(pong=req.ping))
+                conn.last_pong = time.time()
         elif which == "offer":
             await self._answer_offer(p, req.offer.sdp, req.offer.id)
         elif which == "answer":
