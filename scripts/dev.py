@@ -15,6 +15,11 @@ The packaging checks (``--set packaging``, run first) install lk_probe without e
 holds only livekit-api, as a dispatching backend has, and run tests/packaging against it with the latest set's
 pytest, outside the network namespace: what that install pulled in, ``import lk_probe; lk_probe.install()`` there,
 the extras, and a static check that src/ uses nothing newer than the oldest Python lk_probe supports.
+
+Opt-in, never part of a plain ``test``: ``--set phoenix`` installs Arize Phoenix (a real trace backend) into its own
+environment and runs tests/backends with the latest set: lk_probe's spans sent over OTLP to a Phoenix server on
+loopback and read back through Phoenix's API. The install is large (about 850 MB, minutes) and Phoenix takes from
+10 s to minutes to start on a busy machine, hence opt-in.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ SETS: dict[str, tuple[list[str], list[str]]] = {
 }
 PACKAGING = "packaging"
 PACKAGING_TESTS = "tests/packaging"
+PHOENIX = "phoenix"  # opt-in: a real third-party trace backend (tests/backends)
+PHOENIX_REQUIREMENT = "arize-phoenix==20.26.1"
 
 
 def run(cmd: list[str], **kw) -> int:
@@ -106,6 +113,15 @@ def cmd_packaging(pytest_args: list[str]) -> int:
                env=env)
 
 
+def cmd_phoenix(pytest_args: list[str]) -> int:
+    py = ensure_venv("latest")
+    phoenix = build_venv(PHOENIX, PHOENIX_REQUIREMENT, lambda pip, path: [pip + [PHOENIX_REQUIREMENT]])
+    env = dict(os.environ, LK_PROBE_PHOENIX=str(phoenix.parent / "phoenix"))
+    print("== third-party backend: Arize Phoenix", flush=True)
+    return run([*netns_prefix(py), str(py), "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/backends",
+                *pytest_args], cwd=ROOT, env=env)
+
+
 def netns_prefix(py: Path) -> list[str]:
     """Run inside a private network namespace when possible; else nothing (ICE tests then skip)."""
     probe = subprocess.run([str(py), "-m", "lk_probe.testing.netns", "--", "true"], capture_output=True, text=True)
@@ -120,8 +136,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     names = args.set or [PACKAGING, *SETS]
     results: list[tuple[str, int]] = []
     for name in names:
-        if name == PACKAGING:
-            results.append((name, cmd_packaging(args.pytest)))
+        if name in (PACKAGING, PHOENIX):
+            results.append((name, (cmd_packaging if name == PACKAGING else cmd_phoenix)(args.pytest)))
             continue
         py = ensure_venv(name)
         _, extra = SETS[name]
@@ -145,8 +161,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("test", help="run the test suite on every version set (or --set NAME ...)")
-    t.add_argument("--set", action="append", choices=[PACKAGING, *SETS],
-                   help="only this version set, or the packaging checks (repeatable)")
+    t.add_argument("--set", action="append", choices=[PACKAGING, *SETS, PHOENIX],
+                   help="only this version set, or the packaging checks, or the opt-in Phoenix backend test "
+                        "(repeatable)")
     t.add_argument("pytest", nargs="*", help="extra pytest arguments (after --)")
     d = sub.add_parser("demo", help="set up and run the demo")
     d.add_argument("demo_args", nargs="*", help="arguments for python -m lk_probe.demo (after --)")
