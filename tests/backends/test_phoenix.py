@@ -55,7 +55,8 @@ def phoenix(tmp_path_factory):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"phoenix did not come up: {Path(log.name).read_text()[-3000:]}")
+                    pytest.fail(f"phoenix did not come up (exit status {proc.poll()}): "
+                                f"{Path(log.name).read_text()[-3000:]}")
                 time.sleep(0.3)
         yield base
     finally:

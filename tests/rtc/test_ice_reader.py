@@ -48,6 +48,16 @@ def test_reader_takes_the_transport_selected_pair_and_flags_a_relay():
         "lk_probe.ice.subscriber.relayed": True,
         "lk_probe.ice.subscriber.rtt_ms": 42.1,
     }
+    # no TURN server or ICE-TCP runs here, so no real connect selects such a pair: the reader's attributes on a
+    # connect span are what the relayed_ice_path finding reads
+    from lk_probe.findings import diagnose
+    from lk_probe.spans import SpanRecord
+
+    connect = SpanRecord("rtc.connect", "1" * 32, "2" * 16, start_ns=1, end_ns=2,
+                         attributes={"lk_probe.phase": "rtc.connect", **ice_pair_attributes(stats)})
+    (finding,) = diagnose([connect])
+    assert (finding.code, finding.span_id) == ("relayed_ice_path", connect.span_id)
+    assert finding.evidence == "the subscriber PC's selected ICE pair is relayed (TURN) and over TCP: relay→srflx/tcp"
 
 
 def test_reader_falls_back_to_the_nominated_pair_and_ignores_dangling_ids():
