@@ -50,3 +50,29 @@ def test_report_000_gives_one_warning_naming_egress_contention(probe):
     # the exported spans (what a backend, or `lk-probe diagnose`, gets) say the same, first
     first = diagnose(spans)[0]
     assert first.code == "egress_contention" and first.span_id == attempt.span_id
+
+
+def test_a_token_the_server_refuses_is_auth_failed(probe):
+    # the server answers the signal upgrade and the validate request with 401, as it does for an expired token or a
+    # wrong secret; in a job process of its own, so that the refused engine's teardown cannot reach other tests' rooms
+    probe.double.faults.add("signal_upgrade_status", status=401, count=None)
+    probe.double.faults.add("validate_status", status=401, count=None)
+    probe.start_worker(LKP_MODE="connect")
+    job_id = probe.dispatch(room="room-401")
+    root = probe.wait_span(job_id, "job", timeout=90)
+    spans = probe.trace(job_id)
+    assert probe.double.events.of_kind("signal_rejected", lambda e: e["status"] == 401)
+
+    # the verdict in the agent: on the root, under the span it concerns, one WARNING line
+    assert root.attributes["lk_probe.finding.code"] == "auth_failed", (root.attributes, probe.worker_log()[-3000:])
+    assert "refused the token" in root.attributes["lk_probe.finding.summary"]
+    (line,) = probe.verdict_lines(job_id)
+    assert "WARNING" in line and "auth_failed" in line and "room-401" in line
+
+    # the diagnosis points at the first span that failed with error.type=auth
+    first = diagnose(spans)[0]
+    about = spans.by_id(first.span_id)
+    assert first.code == "auth_failed" and about.attributes["error.type"] == "auth"
+    assert about.start_ns == min(s.start_ns for s in spans if s.attributes.get("error.type") == "auth")
+    assert f"{about.phase} at +" in first.evidence and "failed with error.type=auth" in first.evidence
+    probe.wait_span(job_id, "finding", timeout=5, predicate=lambda s: s.parent_id == about.span_id)
