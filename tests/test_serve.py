@@ -111,7 +111,8 @@ def report_000(capspans, request):
     assert install_forcing(tracer)
     with forced_ids(trace_id_for(job), root_span_id_for(job, 1)):
         root = tracer.start_span("job", attributes={"lk_probe.phase": "job", "lk.job_id": job,
-                                                    "lk.pii.room_name": ROOM}, start_time=spans[0].start_time - 1000)
+                                                    "lk.pii.room_name": ROOM},
+                                 start_time=min(s.start_time for s in spans) - 1000)
     root.end(end_time=max(s.end_time for s in spans) + 1000)
     return job, spans, root
 
