@@ -199,3 +199,11 @@ def test_a_serve_that_is_not_there_is_one_line_and_exit_status_2(capsys):
     assert main(["show", f"http://127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no lk-probe serve answers" in err
+
+
+def test_import_lk_probe_loads_neither_the_receiver_nor_the_html_report():
+    code = ("import sys, lk_probe, lk_probe.findings, lk_probe.otlpjson\n"
+            "print([m for m in ('aiohttp', 'grpc', 'lk_probe._serve', 'lk_probe._html', 'lk_probe._report')"
+            " if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (0, "[]"), r.stderr
