@@ -122,11 +122,14 @@ class Store:
         jobs: list[tuple[str | None, SpanSet]] = list(job_traces(trace)) or [(None, trace)]
         color = None if importlib.util.find_spec("rich") is not None else False
         for job_id, spans in jobs:
-            found = diagnose(spans)
-            self._write(f"== {verdict(job_id, spans, found)}\n")
-            if not self.brief:
-                print_waterfall(spans, self.out, width=self.width, color=color)
-                self._write(findings_text(found) + "\n")
+            try:
+                found = diagnose(spans)
+                self._write(f"== {verdict(job_id, spans, found)}\n")
+                if not self.brief:
+                    print_waterfall(spans, self.out, width=self.width, color=color)
+                    self._write(findings_text(found) + "\n")
+            except Exception as e:  # noqa: BLE001 - one odd trace must not stop the receiver
+                self._write(f"lk-probe serve: cannot show trace {trace_id} ({type(e).__name__}: {e})\n")
         self._save(trace_id)
 
     def _write(self, text: str) -> None:
