@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_serve import ROOM, report_000  # noqa: F401  (the fixture)
+from test_serve import report_000  # noqa: F401  (the fixture)
 
-from lk_probe.__main__ import main
 from lk_probe import otlpjson
+from lk_probe.__main__ import main
 from lk_probe.spans import SpanRecord
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "headless_shell")
