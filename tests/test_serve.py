@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -207,3 +208,29 @@ def test_import_lk_probe_loads_neither_the_receiver_nor_the_html_report():
             " if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout.strip()) == (0, "[]"), r.stderr
+
+
+def test_the_store_keeps_the_last_n_traces_and_a_bounded_number_of_spans_each(tmp_path, monkeypatch):
+    from lk_probe import _serve
+    from lk_probe.spans import SpanRecord
+
+    monkeypatch.setattr(_serve, "MAX_SPANS", 3)
+    out = io.StringIO()
+    store = _serve.Store(out, keep=2, save=tmp_path, brief=True)
+
+    def job(n: int, spans: int = 1) -> list[SpanRecord]:
+        tid = f"{n:032x}"
+        kids = [SpanRecord("job.launch", tid, f"{n:08x}{k:08x}", f"{n:016x}", 10 + k, 20 + k,
+                           attributes={"lk.job_id": f"AJ_{n}"}) for k in range(1, spans)]
+        return [*kids, SpanRecord("job", tid, f"{n:016x}", None, 1, 100, attributes={"lk.job_id": f"AJ_{n}"})]
+
+    store.add(job(1, spans=5))  # 4 children and the root: the 4th child is one too many, the root is kept
+    assert store.dropped == 1 and out.getvalue() == "== job AJ_1 · 0.00 s · ok: no finding\n"
+    store.add(job(2))
+    store.add(job(3))
+    assert out.getvalue().splitlines()[1:] == ["== job AJ_2 · 0.00 s · ok: no finding",
+                                               "== job AJ_3 · 0.00 s · ok: no finding"]
+    assert [s.trace_id for s in store.spans()] == [f"{2:032x}", f"{3:032x}"]  # trace 1 forgotten, as saved:
+    saved = json.loads((tmp_path / f"{1:032x}.json").read_text())["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert sorted(s["name"] for s in saved) == ["job", "job.launch", "job.launch", "job.launch"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{n:032x}.json" for n in (1, 2, 3)]

@@ -41,7 +41,7 @@ from ._report import SERVE_SPANS_PATH, findings_text, job_traces, verdict
 from .otlpjson import OtlpJsonError, dumps, loads
 from .spans import SpanRecord, SpanSet
 
-MAX_SPANS = 10_000  # per kept trace
+MAX_SPANS = 10_000  # per kept trace, besides its roots
 GRACE = 0.25  # s after a trace's root arrives: the rest of the batch it came with, from the other processes
 _JOB_ROOT = "job"
 _PLAIN_ROOTS = ("rtc.connect", "rtc.reconnect")  # a trace with no job completes with these
@@ -66,7 +66,7 @@ class Store:
                 kept = self.traces[span.trace_id] = []
                 while len(self.traces) > self.keep:
                     self._forget(next(iter(self.traces)))
-            if len(kept) >= MAX_SPANS:
+            if len(kept) >= MAX_SPANS and span.parent_id is not None:  # a root is kept: it completes the trace
                 self.dropped += 1
                 continue
             kept.append(span)
