@@ -16,6 +16,8 @@ from lk_probe import _ids, _watch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lk_netns]
 
+# the agent stays in the room longer than the watch's longest pause between looks (2 s), so a look sees it
+HOLD = "5"
 PARK_S = 2.0  # the least time no worker is registered after the dispatch (then the worker starts: seconds more)
 
 
@@ -53,7 +55,7 @@ async def test_a_job_parked_until_a_worker_registers(probe, install_from_env, ot
     watch = asyncio.ensure_future(_dispatch(d, "room-parked"))
     await asyncio.to_thread(d.events.wait_for_sync, "job_parked", None, 10)
     await asyncio.sleep(PARK_S)
-    await asyncio.to_thread(probe.start_worker, LKP_MODE="connect_hold", LKP_HOLD="1")
+    await asyncio.to_thread(probe.start_worker, LKP_MODE="connect_hold", LKP_HOLD=HOLD)
     r = await watch
     assert r.outcome == "joined", r
     spans, job = await _dispatch_trace(probe, r)
@@ -78,7 +80,7 @@ async def test_a_dropped_link_its_reconnect_and_a_dispatch_made_in_the_gap(probe
     attempts (the refused one, agents' 2 s backoff, the one that registers) and the new registration with their
     durations; a dispatch made in the gap is parked, arrives after the re-registration, and its job says so."""
     d = probe.double
-    w = await asyncio.to_thread(probe.start_worker, LKP_MODE="connect_hold", LKP_HOLD="1")
+    w = await asyncio.to_thread(probe.start_worker, LKP_MODE="connect_hold", LKP_HOLD=HOLD)
     first = w.worker_id
     _install_dispatcher(install_from_env, otlp_receiver)
     d.faults.add("agent_connect_refused", count=1)
