@@ -73,6 +73,8 @@ async def test_a_job_parked_until_a_worker_registers(probe, install_from_env, ot
     link = await asyncio.to_thread(probe.rx.wait_for, lambda s: s.name == "worker.connect", 10)
     assert link.attributes["lk.job.worker_id"] == registered["worker"] == job.attributes["lk.job.worker_id"]
     assert job.links and job.links[0].trace_id == link.trace_id
+    # the status the worker reported to LiveKit for the job, by name, on the job's span
+    assert "JS_RUNNING" in [e.attributes["lk_probe.job.status"] for e in job.events if e.name == "job.status"]
 
 
 async def test_a_dropped_link_its_reconnect_and_a_dispatch_made_in_the_gap(probe, install_from_env, otlp_receiver):
