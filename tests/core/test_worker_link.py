@@ -110,6 +110,11 @@ async def test_a_dropped_link_its_reconnect_and_a_dispatch_made_in_the_gap(probe
     link1 = links[0]
     assert link1.attributes["error.type"] == "closed" and link1.attributes["lk.job.worker_id"] == first
     assert abs(link1.end - dropped.t) < 0.1, (link1.end, dropped.t)
+    import livekit.agents
+
+    # agents 1.7+ raise the close with its code; 1.4 a bare exception without one
+    has_code = tuple(int(x) for x in livekit.agents.__version__.split(".")[:2]) >= (1, 7)
+    assert link1.attributes.get("lk_probe.worker.close_code") == (1012 if has_code else None)
     connect1, reconnect = sorted(wt.named("worker.connect"), key=lambda s: s.start)
     assert job.links[0].span_id != link1.span_id  # the job links to the second link, still up
     assert connect1.attributes["lk_probe.worker.reconnect"] is False and connect1.attributes["lk_probe.worker.attempts"] == 1
