@@ -8,10 +8,11 @@
 Each version set gets its own virtual environment under .venvs/ (re-created only when its requirements or
 pyproject.toml change), installed by uv (from PyPI, one wheel cache for all sets) or, without it, by pip. Each set's
 run records its versions, totals and smoke-test outcomes; a run of a set's own subset (no extra pytest arguments)
-updates .ci/matrix.json with it and re-renders the README's supported-versions table (scripts/matrix.py). Tests run inside a private network namespace when this machine allows one (root, or
-unprivileged user namespaces): libwebrtc ignores loopback interfaces, so real ICE between the Rust SDK and the
-server double needs a veth with a 127.x address that exists only in that namespace. Without it, the tests that need
-real ICE are skipped with a clear reason.
+updates .ci/matrix.json with it and re-renders the README's supported-versions table (scripts/matrix.py). Tests run
+inside a private network namespace when this machine allows one (root, or unprivileged user namespaces): libwebrtc
+ignores loopback interfaces, so real ICE between the Rust SDK and the server double needs a veth with a 127.x
+address that exists only in that namespace. Without it, the tests that need real ICE are skipped with a clear
+reason.
 
 The packaging checks (``--set packaging``, run first) install lk_probe without extras into a fresh environment that
 holds only livekit-api, as a dispatching backend has, and run tests/packaging against it with the latest set's
