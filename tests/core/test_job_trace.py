@@ -14,6 +14,7 @@ pytestmark = pytest.mark.e2e
 WORKER_PHASES = ("job.availability", "job.request_handler", "job.assignment", "job.launch", "job.process")
 
 
+@pytest.mark.smoke("job")
 def test_one_trace_per_job_across_worker_and_job_process(probe):
     probe.start_worker()
     job_id = probe.dispatch(room="room-a")
@@ -108,6 +109,7 @@ def test_full_worker_auto_rejects_with_its_load_in_the_trace(probe):
     assert probe.markers("request") == []
 
 
+@pytest.mark.smoke("sigkill")
 def test_sigkilled_job_process_is_closed_by_the_worker_within_2s(probe):
     probe.start_worker(LKP_MODE="kill", LKP_IDLE="0")  # no idle refill racing the exit status (see test_crash)
     job_id = probe.dispatch(room="room-kill")

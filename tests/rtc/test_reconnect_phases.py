@@ -23,6 +23,7 @@ def _attempts(spans, episode):
     return sorted((s for s in spans.children(episode) if s.name == "rtc.reconnect.attempt"), key=lambda s: s.start)
 
 
+@pytest.mark.smoke("reconnect")
 async def test_leave_resume_is_an_episode_recovered_by_resume(lk_double, capspans, connected):
     room, events = await connected("agent-r")
     sid = room.local_participant.sid

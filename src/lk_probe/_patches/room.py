@@ -86,7 +86,7 @@ def _new_machine(rec: Recorder) -> Any:
 async def _room_connect(wrapped, instance, args, kwargs):
     rt = None
     with guard("room.connect_start"):
-        rt = _begin(instance, args, kwargs)
+        rt = _begin(instance, args, kwargs) if not _provider.suppressed() else _quiet(instance)
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as e:
@@ -130,6 +130,12 @@ def _begin(room: Any, args: tuple, kwargs: dict) -> RoomTrace:
         _register(room, rt)
         machine.connect_started(t, url or "")
     return rt
+
+
+def _quiet(room: Any) -> None:
+    """A Room connected inside ``suppress_instrumentation()``: untraced for its whole life. It becomes the newest room,
+    with no machine, so the engine's records of its connect and of its later reconnects go nowhere."""
+    _register(room, RoomTrace(Recorder(None), None, None, None, None))
 
 
 def _finish(room: Any, rt: RoomTrace, error: BaseException | None) -> None:
