@@ -113,3 +113,26 @@ def test_late_pc_nests_under_the_ended_attempt_span(capspans):
     assert att.parent_id == connect.span_id and pc.parent_id == att.span_id and pc.trace_id == att.trace_id
     assert pc.end_ns == att.end_ns == connect.end_ns == finished
     assert pc.attributes["lk_probe.inferred"] is True and not pc.error
+
+
+def test_an_earlier_rooms_late_pc_records_are_not_the_new_attempts():
+    """The records carry no room, and the previous room's last log batch can reach Python just after the next
+    connect began: its 'Connecting/Connected Publisher' pair must not become a healthy PC phase of the new attempt
+    (whose own PC never connects here). The engine creates an attempt's PCs after its JoinResponse and records keep
+    their order, so PC records before the attempt's JoinResponse are not the attempt's."""
+    meta, rows = load("real-ice_never_once-1.1.21.jsonl")
+    start = next(i for i, r in enumerate(rows) if r["kind"] == "connect_started")
+    template = next(r for r in rows if _pc_record(r))
+    t = rows[start]["t"]
+    stray = [dict(template, t=t + 30_000_000, message="connection change, Connecting Publisher"),
+             dict(template, t=t + 37_000_000, message="connection change, Connected Publisher"),
+             dict(template, t=t + 38_000_000, message="connection setup took 21.5ms")]
+    sink, m = replay_rows(meta, rows[:start + 1] + stray + rows[start + 1:])
+    rows_ = tree(sink, t0=t)
+    a1 = next(r for r in rows_ if r[0] == "rtc.attempt")
+    assert a1[4] == "pc_timeout"
+    pcs = [r for r in rows_ if r[0] == "rtc.pc"]
+    assert pcs and all(pc[2] > 35 for pc in pcs)  # none from the stray pair (t+30 ms … t+37 ms)
+    assert pcs[0][1] == "rtc.attempt" and pcs[0][4] == "pc_timeout"  # attempt 1's own PC, which never connected
+    assert not [r for r in rows_ if r[0] == "rtc.callback"]
+    assert m.open_count() == 0
