@@ -17,6 +17,8 @@ connect
     rtc.pc (publisher/subscriber)          'connection change, Connecting X' → 'Connected X' | Failed | Closed;
                                            when both records arrive after the attempt ended well (connect
                                            callback, recovery), inferred, ending when the attempt ended
+                                           (also after the room closed: its last log batch comes later);
+                                           PC records before the attempt's JoinResponse are an earlier room's
   rtc.callback                             engine connected (last PC connected / 'connection setup took') →
                                            connect callback (none when the PC's records came after it)
 reconnect
@@ -36,7 +38,7 @@ from typing import Any, Hashable
 from .. import _catalogue as c
 from .._errors import guarded
 from .._sink import PhaseSink
-from .attempt import Attempt
+from .attempt import LATE_PC_WINDOW, Attempt
 from .out import MAX_OPEN, Out, inferred
 from .records import (EngineEvent, Era, classify_error, era_of_ffi_version, era_of_rtc_version, parse,
                       url_parts)
@@ -142,6 +144,8 @@ class EngineMachine:
         if ev is None:
             return
         with self._lock:
+            if self.state == DISCONNECTED and ev.kind != "pc_change":
+                return  # the room is gone: only the late PC records of its last attempt are still placed
             self._fingerprint(ev)
             if self._pre and t - self._pre[0][0] > PRE_EPISODE_WINDOW:
                 self._flush_pre()
@@ -228,6 +232,13 @@ class EngineMachine:
             for k in list(self._out.open):
                 self._out.end(k, t)
             self.state = DISCONNECTED
+
+    def awaits_late(self, t: int) -> bool:
+        """Whether PC records arriving at ``t`` can still belong to the attempt that ended well last (see
+        :meth:`Attempt.late_pc_change`); they come in the room's last log batch, often after the room closed."""
+        with self._lock:
+            a = self._late
+            return a is not None and a.late is not None and t - a.end_t <= LATE_PC_WINDOW
 
     def open_count(self) -> int:
         return len(self._out.open)
