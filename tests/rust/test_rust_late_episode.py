@@ -77,3 +77,24 @@ def test_the_episode_ends_at_the_event_when_its_records_never_come():
     sink, m = replay_rows(meta, rows)
     (ep,) = [r for r in tree(sink, t0=start) if r[0] == "rtc.reconnect"]
     assert ep[3] == pytest.approx((recovered - start) / 1e6) and ep[5]["lk_probe.outcome"] == "recovered"
+
+
+def test_the_rooms_initial_connected_state_delivered_late_does_not_end_an_episode():
+    """livekit 1.1.2 can deliver the room's initial 'connected' state change after the connect returned; when a
+    Leave follows at once, it comes after the session close that began the episode, before its `reconnecting` event.
+    It is not the episode's recovery: the episode keeps its attempt and ends at the real `reconnected`."""
+    meta, rows = load("real-leave_resume-1.1.2.jsonl")
+    i = next(i for i, r in enumerate(rows) if r["kind"] == "record" and "session close" in r["message"])
+    stale = {"kind": "room_event", "name": "connection_state_changed", "t": rows[i]["t"] + 1000,
+             "data": {"room_handle": 3, "state": 1}}
+    reconnecting = [r for r in rows if r["kind"] == "room_event" and r["t"] < rows[i]["t"] and (
+        r["name"] == "reconnecting" or r["data"].get("state") == 2)]
+    assert reconnecting  # in this capture the events came first; here they come after the stale one
+    body = [r for r in rows if r not in reconnecting]
+    j = body.index(rows[i]) + 1
+    moved = [dict(r, t=stale["t"] + 1000 + k) for k, r in enumerate(reconnecting)]
+    ep, attempts, _ = _episode(meta, body[:j] + [stale] + moved + body[j:], rows[0]["t"])
+    recovered = max(r["t"] for r in rows if r["kind"] == "room_event" and r["name"] == "reconnected")
+    assert ep[5]["lk_probe.outcome"] == "recovered" and ep[3] > (stale["t"] - rows[0]["t"]) / 1e6
+    assert ep[3] <= (recovered - rows[0]["t"]) / 1e6
+    assert [a[5]["lk_probe.reconnect.mode"] for a in attempts] == ["resume"] and attempts[0][4] is None

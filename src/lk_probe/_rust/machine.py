@@ -74,6 +74,7 @@ class _Episode:
     disconnect_reason: str | None = None
     terminal: str | None = None  # 1.1.21+: the server / auth ended the episode ('… during resume|restart')
     attempts: int = 0
+    reconnecting: bool = False  # its `reconnecting` event came: a `reconnected` event before it is not its end
     # the `reconnected` event came at recovered_t: the episode ends there, once the records it outran are placed
     # (by clamped, within the episode's time)
     recovered_t: int | None = None
@@ -196,9 +197,13 @@ class EngineMachine:
             if name == "reconnecting":
                 if self.state == CONNECTED and self._episode is None:
                     self._start_episode(t, {})
+                if self._episode is not None:
+                    self._episode.reconnecting = True
             elif name == "reconnected":
                 ep = self._episode
-                if ep is not None and ep.recovered_t is None:
+                # without its `reconnecting` event first, a connected state is the room's initial one (livekit
+                # 1.1.2 can deliver it after the connect returned, once a session close has already begun an episode)
+                if ep is not None and ep.recovered_t is None and ep.reconnecting:
                     if ep.attempt is not None and ep.attempt.joined_t is not None:
                         self._finish_episode(t, "recovered")  # what is left to come are its PC records
                     else:  # the records of the attempt that recovered are still on their way
