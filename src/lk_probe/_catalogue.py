@@ -453,7 +453,7 @@ PHASES: tuple[Phase, ...] = (
           "One resume or full-reconnect (restart) attempt.",
           "'resuming|restarting connection... attempt: N' → next attempt | recovered | failed",
           ("lk_probe.attempt", "lk_probe.reconnect.mode", "error.type", "lk_probe.outcome",
-           "lk_probe.error.reported_type"), budget=10.0),
+           "lk_probe.error.reported_type", "lk_probe.inferred", "lk_probe.inferred_from"), budget=10.0),
     Phase("rtc.reconnect.backoff", "rtc.reconnect", _I, RTC,
           "The wait between two reconnect attempts.",
           "gap between attempt records", ("lk_probe.retry_now",), budget=None),

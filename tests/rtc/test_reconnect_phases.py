@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import V112, codes, signal, wait_spans
+from .conftest import codes, signal, wait_spans
 
-# Known, not yet fixed: on livekit 1.1.2 the engine's log batch can reach Python after the room event it precedes (the
-# `reconnected` event before the "resuming connection... attempt" record), and lk_probe then ends the episode with no
-# attempt and opens a second, inferred one for the late record. Run after run in one process (engines of earlier
-# tests still logging) this shows up in one or two of these tests; each passes alone. Until the machine places such
-# late attempt records in the episode they belong to, a failure on 1.1.2 is retried twice (it must pass once).
-pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e,
-              pytest.mark.flaky(reruns=2, condition=V112)]
+pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e]
 
 
 def _episode_done(spans):

@@ -47,14 +47,21 @@ _lock = threading.Lock()
 _rooms: list[tuple[weakref.ref, RoomTrace]] = []  # newest last
 _MAX_ROOMS = 16
 _listening: "weakref.WeakKeyDictionary[Any, RoomTrace]" = weakref.WeakKeyDictionary()
+_ended: Any = None  # the machine of the room that closed last
 
 
 def active_machine() -> Any:
-    """The machine the Rust records go to: that of the newest Room still connecting or connected."""
+    """The machine the Rust records go to: that of the newest Room still connecting or connected; with none, that
+    of the room that closed last while it still awaits its last PC records (a job that ends right after connecting
+    closes its room before the log batch with them arrives)."""
+    global _ended
     with _lock:
         while _rooms and (_rooms[-1][0]() is None or _rooms[-1][1].closed):
-            _rooms.pop()
-        return _rooms[-1][1].machine if _rooms else None
+            _ended = _rooms.pop()[1].machine
+        if _rooms:
+            return _rooms[-1][1].machine
+        ended = _ended
+    return ended if ended is not None and ended.awaits_late(time.time_ns()) else None
 
 
 def _register(room: Any, rt: RoomTrace) -> None:
@@ -325,5 +332,7 @@ def uninstrument() -> None:
         except ImportError:
             return
         bridge.uninstall()
+    global _ended
     with _lock:
         _rooms.clear()
+        _ended = None
