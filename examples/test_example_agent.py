@@ -37,3 +37,12 @@ def test_agent_joins_quickly_even_when_the_first_signal_connect_stalls(lk_double
     assert attempts[0].attributes["error.type"] == "timeout"
     assert 4.5 < attempts[0].duration < 6.5  # the SDK's 5 s signal connect timeout
     assert spans.phase("job.assignment").duration < 0.5
+    # the joined attempt shows its ICE / peer-connection phase too, although this job ends right after connecting:
+    # the PC's records often reach the job process after its room closed (livekit's FFI hands its log over in
+    # batches). livekit 1.1.2 waits for its subscriber PC, later versions for the publisher
+    from livekit.rtc import __version__ as rtc_version
+
+    primary = "subscriber" if tuple(int(x) for x in rtc_version.split(".")[:3]) < (1, 1, 3) else "publisher"
+    pc = otlp_receiver.wait_for(lambda s: s.trace_id == job.trace_id and s.name == "rtc.pc", timeout=10)
+    assert pc.parent_id == attempts[1].span_id and pc.attributes["lk_probe.pc"] == primary and not pc.error
+    assert attempts[1].start_ns <= pc.start_ns <= pc.end_ns <= attempts[1].end_ns

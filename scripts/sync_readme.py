@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerate the README's generated sections (phases, options, attributes, events, faults, findings) from the code."""
+"""Regenerate the README's generated sections (phases, options, attributes, events, faults, findings) from the code,
+and its supported-versions table from the compatibility matrix the last test run recorded (.ci/matrix.json)."""
 
 import re
 import sys
@@ -9,6 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from lk_probe import _catalogue, _config, _findings  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import matrix  # noqa: E402
 
 
 def faults_table() -> str:
@@ -29,6 +33,7 @@ def main() -> None:
         text = re.sub(rf"(<!-- {tag}:begin -->\n).*?(<!-- {tag}:end -->)", lambda m: m.group(1) + body + "\n" +
                       m.group(2), text, flags=re.S)
     path.write_text(text)
+    matrix.sync_readme(matrix.load(), path)
 
 
 if __name__ == "__main__":

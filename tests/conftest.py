@@ -77,6 +77,8 @@ def pytest_sessionfinish(session, exitstatus):
             reporter.write_line(f"  NOT CATALOGUED: {line}", red=True)
     if findings or problems:
         session.exitstatus = 1
+    if os.environ.get("LK_PROBE_MATRIX_REPORT"):
+        _write_matrix_report(os.environ["LK_PROBE_MATRIX_REPORT"])
 
 
 @pytest.hookimpl(trylast=True)
@@ -105,3 +107,68 @@ def pytest_unconfigure(config):
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
     session.config._lk_probe_session = session
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The compatibility matrix (scripts/matrix.py): with LK_PROBE_MATRIX_REPORT=<file>, the session writes there the
+# versions it ran on, its totals and the outcome of every smoke test, by capability.
+
+_SMOKE_OF: dict[str, str] = {}  # nodeid -> capability
+_OUTCOMES: dict[str, dict] = {}  # nodeid -> {"outcome", "reason"}; the last run of a rerun test counts
+
+
+def _capabilities() -> dict[str, str]:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("lk_probe_matrix", Path(__file__).parent.parent / "scripts" /
+                                                  "matrix.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.CAPABILITIES
+
+
+def pytest_collection_modifyitems(config, items):
+    known = _capabilities()
+    for item in items:
+        mark = item.get_closest_marker("smoke")
+        if mark is None:
+            continue
+        assert mark.args and mark.args[0] in known, f"{item.nodeid}: smoke(capability) takes one of {sorted(known)}"
+        _SMOKE_OF[item.nodeid] = mark.args[0]
+
+
+def pytest_runtest_logreport(report):
+    if report.outcome == "rerun":
+        _OUTCOMES.pop(report.nodeid, None)
+        return
+    entry = _OUTCOMES.setdefault(report.nodeid, {"outcome": "passed", "reason": ""})
+    if report.failed:
+        entry["outcome"] = "failed"
+    elif report.skipped and entry["outcome"] != "failed":
+        entry["outcome"] = "skipped"
+        longrepr = report.longrepr
+        entry["reason"] = (longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)).removeprefix("Skipped: ")
+
+
+def _write_matrix_report(path: str) -> None:
+    import json
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("livekit-agents", "livekit", "livekit-api", "opentelemetry-sdk"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    totals: dict[str, int] = {}
+    for entry in _OUTCOMES.values():
+        totals[entry["outcome"]] = totals.get(entry["outcome"], 0) + 1
+    smoke: dict[str, list] = {}
+    for nodeid, capability in sorted(_SMOKE_OF.items()):
+        if nodeid in _OUTCOMES:
+            smoke.setdefault(capability, []).append({"test": nodeid, **_OUTCOMES[nodeid]})
+    with open(path, "w") as f:
+        json.dump({"versions": versions, "totals": totals, "smoke": smoke}, f, indent=1, sort_keys=True)
+

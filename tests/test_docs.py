@@ -40,16 +40,29 @@ def test_readme_first_block_is_two_commands():
     assert len(commands) == 2 and all(c.startswith("python3 scripts/dev.py ") for c in commands)
 
 
-def test_readme_fault_table_is_the_double_s_faults():
+def _script(name: str):
+    """scripts/<name>.py, loaded as a module."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("sync_readme", Path(__file__).resolve().parent.parent / "scripts" /
-                                                  "sync_readme.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" /
+                                                  f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("sync_readme", mod)
+    sys.modules.setdefault(name, mod)
     spec.loader.exec_module(mod)
-    assert _between("faults") == mod.faults_table(), "run: python scripts/sync_readme.py"
+    return mod
+
+
+def test_readme_fault_table_is_the_double_s_faults():
+    assert _between("faults") == _script("sync_readme").faults_table(), "run: python scripts/sync_readme.py"
+
+
+def test_readme_version_table_is_the_recorded_matrix():
+    """The supported-versions table is what the last test run recorded, not edited by hand."""
+    matrix = _script("matrix")
+    recorded = matrix.load()
+    assert recorded["sets"], "no recorded matrix: run python3 scripts/dev.py test"
+    assert _between("matrix") == matrix.table(recorded), "run: python scripts/sync_readme.py"
 
 
 def test_the_vocabulary_scan_catches_an_uncatalogued_name_and_an_infinite_value():

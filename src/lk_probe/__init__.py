@@ -180,14 +180,19 @@ def watch_dispatch(room: str, dispatch_id: str | None = None, *, agent_name: str
     """Follow a dispatch in the background until its agent is in the room, for at most ``timeout`` seconds.
 
     Returns at once with an ``asyncio.Task`` (await it for a ``WatchResult``: ``.outcome`` is joined, never_joined,
-    state_mismatch, failed, room_gone, deleted, unreachable or api_error), or None without a running loop. Never
+    state_mismatch, failed, room_gone, deleted, unreachable or api_error), or None without a running loop or without
+    the livekit-api package (one warning says which). Never
     raises; the task never raises either and ends within its bound. Without ``dispatch_id`` it follows the newest
     dispatch of ``agent_name`` (any agent when None) in ``room``. ``url`` / ``api_key`` / ``api_secret`` default to
     ``LIVEKIT_URL`` / ``LIVEKIT_API_KEY`` / ``LIVEKIT_API_SECRET``; ``started_at_ns`` (default: now) is when the
     dispatch was asked for, the start of the ``dispatch.wait`` span and of the bound.
     """
-    from ._errors import guard
+    from ._errors import guard, warn_once
 
+    if not _importable("livekit.api"):
+        warn_once("watch:no-livekit-api", "lk_probe: watch_dispatch() needs the livekit-api package (pip install "
+                  "livekit-api); not watching")
+        return None
     with guard("watch_dispatch"):
         from ._watch import watch_dispatch as start
 

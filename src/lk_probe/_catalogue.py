@@ -81,6 +81,22 @@ WORKER_LOAD_THRESHOLD = _a("lk_probe.worker.load_threshold", _FLOAT, "The load a
                            "full; absent when there is none (livekit-agents' default threshold is infinite).")
 WORKER_ACTIVE_JOBS = _a("lk_probe.worker.active_jobs", _INT, "Jobs the worker was running when this one arrived.")
 WORKER_IDLE_PROCESSES = _a("lk_probe.worker.idle_processes", _INT, "Warm idle job processes available.")
+JOB_STATUS = _a("lk_probe.job.status", _STR, "A job status the worker reported to LiveKit (UpdateJobStatus), by "
+                "name: JS_RUNNING, JS_SUCCESS, JS_FAILED.")
+JOB_ERROR = _a("lk_probe.job.error", _STR, "The error the worker reported with the job's status.")
+# ---- the worker's link to LiveKit (the /agent WebSocket) -------------------------------------------------------------
+WORKER_RECONNECT = _a("lk_probe.worker.reconnect", _BOOL, "This connect follows a drop of the worker's link (false: "
+                      "the worker's first connect).")
+WORKER_LINK_DROPS = _a("lk_probe.worker.link_drops", _INT, "How many times the worker's link to LiveKit had dropped "
+                       "so far (on a job: before the job arrived).")
+WORKER_ATTEMPTS = _a("lk_probe.worker.attempts", _INT, "How many attempts the connect took (agents retries with a "
+                     "backoff of 0, 2, 4 … 10 s, at most max_retry times).")
+WORKER_RETRY_DELAY = _a("lk_probe.worker.retry_delay_s", _FLOAT, "The backoff agents waited after this failure before "
+                        "its next attempt, in s.")
+WORKER_REGISTERED_AT = _a("lk_probe.worker.registered_at", _INT, "When the worker's current registration with "
+                          "LiveKit happened (ns since the epoch); on a job: the registration the job arrived on.")
+WORKER_CLOSE_CODE = _a("lk_probe.worker.close_code", _INT, "The WebSocket close code of a dropped link, when there "
+                       "was one.")
 AVAILABLE = _a("lk_probe.available", _BOOL, "The worker's availability answer.")
 TERMINATE = _a("lk_probe.terminate", _BOOL, "A rejecting answer that asked the server to stop offering the job.")
 WARM = _a("lk_probe.warm", _BOOL, "The job got a warm idle process (false: a cold start).")
@@ -101,10 +117,12 @@ ERROR_REPORTED_TYPE = _a("lk_probe.error.reported_type", _STR, "The error type t
 SIGNAL_PATH = _a("lk_probe.signal.path", _STR, "The signalling path tried: v1 or v0.")
 SIGNAL_REGION_FALLBACK = _a("lk_probe.signal.region_fallback", _BOOL, "A connect to a region URL after the first "
                             "host failed.")
-SERVER_REGION = _a("lk_probe.server.region", _STR, "The server's region (JoinResponse).")
-SERVER_NODE_ID = _a("lk_probe.server.node_id", _STR, "The server node (JoinResponse).")
-SERVER_VERSION = _a("lk_probe.server.version", _STR, "The server's version (JoinResponse).")
-SERVER_PROTOCOL = _a("lk_probe.server.protocol", _INT, "The signalling protocol version (JoinResponse).")
+SERVER_REGION = _a("lk_probe.server.region", _STR, "The server's region (JoinResponse; for the worker's link, "
+                   "RegisterWorkerResponse).")
+SERVER_NODE_ID = _a("lk_probe.server.node_id", _STR, "The server node (JoinResponse, RegisterWorkerResponse).")
+SERVER_VERSION = _a("lk_probe.server.version", _STR, "The server's version (JoinResponse, RegisterWorkerResponse).")
+SERVER_PROTOCOL = _a("lk_probe.server.protocol", _INT, "The signalling protocol version (JoinResponse, "
+                     "RegisterWorkerResponse).")
 SUBSCRIBER_PRIMARY = _a("lk_probe.subscriber_primary", _BOOL, "The subscriber PC is the primary one (v0 dual-PC).")
 PING_INTERVAL = _a("lk_probe.signal.ping_interval", _INT, "How often the SDK pings the server on the signal "
                    "connection, in s (set by the JoinResponse).")
@@ -200,6 +218,8 @@ RTC_VERSION = _a("lk_probe.rtc.version", _STR, "The livekit (rtc) package versio
 # ---- events ------------------------------------------------------------------------------------------------------
 EV_WORKER_STATUS = _e("worker.status_changed", "The worker's reported status changed while the job was open.",
                       WORKER_STATUS, WORKER_PREVIOUS_STATUS, WORKER_LOAD)
+EV_JOB_STATUS = _e("job.status", "The worker reported the job's status to LiveKit (UpdateJobStatus).",
+                   JOB_STATUS, JOB_ERROR)
 EV_PC_FAILED = _e("rtc.pc_failed", "A peer connection failed.", PC)
 EV_LEAVE = _e("rtc.leave", "The server sent Leave.", LEAVE_REASON, LEAVE_ACTION, LEAVE_CAN_RECONNECT)
 EV_SESSION_CLOSE = _e("rtc.session_close", "The engine closed its session (a reconnect follows).",
@@ -248,6 +268,7 @@ ERROR_TYPES: dict[str, str] = {
     "evicted": "dropped from lk_probe's bounded per-job state",
     "uninstrumented": "lk_probe was uninstalled while the phase was open",
     "error": "another failure",
+    "gave_up": "the worker gave up connecting to LiveKit (livekit-agents' max_retry attempts failed)",
     # the dispatch watch's outcomes that are failures
     "never_joined": "the agent participant did not join the room within the watch's bound",
     "state_mismatch": "LiveKit reported a job state while no agent participant was in the room, until the bound",
@@ -276,6 +297,7 @@ DISCONNECT_REASONS = {0: "UNKNOWN_REASON", 1: "CLIENT_INITIATED", 2: "DUPLICATE_
 METRIC_PHASE_DURATION = "lk_probe.phase.duration"
 METRIC_PHASE_OUTCOME = "lk_probe.phase.outcome"
 METRIC_FINDINGS = "lk_probe.findings"  # counter, by lk_probe.finding.code
+METRIC_WORKER_OFFERS = "lk_probe.worker.offers"  # counter of job offers, by lk_probe.outcome: offered, accepted, rejected
 
 # ================================================================================================================
 # The phases.
@@ -320,7 +342,8 @@ PHASES: tuple[Phase, ...] = (
            "lk.job.worker_id", "lk_probe.job.resuming", "lk_probe.job.server_sent_at",
            "lk_probe.room.created_at", "lk_probe.outcome", "lk_probe.worker.load",
            "lk_probe.worker.status", "lk_probe.worker.load_threshold", "lk_probe.worker.active_jobs",
-           "lk_probe.worker.idle_processes", "lk_probe.finding.code", "lk_probe.finding.summary",
+           "lk_probe.worker.idle_processes", "lk_probe.worker.registered_at", "lk_probe.worker.link_drops",
+           "lk_probe.finding.code", "lk_probe.finding.summary",
            "lk_probe.finding.evidence", "lk_probe.finding.codes")),
     Phase("job.availability", "job", _I, WORKER,
           "From the AvailabilityRequest to the availability answer sent to the server: the load gate "
@@ -349,6 +372,26 @@ PHASES: tuple[Phase, ...] = (
           "ProcJobExecutor.launch_job → ._supervise_task; ThreadJobExecutor.launch_job → ._main_task",
           ("process.pid", "process.exit.code", "lk_probe.signal", "lk_probe.kill_cause", "lk_probe.executor",
            "lk_probe.outcome")),
+    # ---- worker process: the link to LiveKit (the /agent WebSocket) -------------------------------
+    Phase("worker.connect", None, _C, WORKER,
+          "The worker's connection to LiveKit's /agent WebSocket: from the first attempt (or the link's drop) to the "
+          "RegisterWorkerResponse (outcome registered), or gave_up / closed. A root in the worker's own trace (one "
+          "per worker); its duration after a drop is how long the worker was away.",
+          "AgentServer/Worker._connection_task, ._handle_register; agents' 'failed to connect to livekit' line",
+          (SERVER_ADDRESS, SERVER_PORT, AGENT_NAME, WORKER_ID, WORKER_RECONNECT, WORKER_LINK_DROPS, WORKER_ATTEMPTS,
+           SERVER_VERSION, SERVER_REGION, SERVER_NODE_ID, SERVER_PROTOCOL, ERROR_TYPE, OUTCOME), budget=5.0),
+    Phase("worker.attempt", "worker.connect", _C, WORKER,
+          "One connect attempt: the WebSocket upgrade and the register exchange, until the register response or "
+          "the failure (with the backoff agents waits before the next attempt). Emitted when it ends.",
+          "a failed attempt's 'failed to connect to livekit, retrying in N s' line → the next one | _handle_register",
+          (ATTEMPT, WORKER_RETRY_DELAY, ERROR_TYPE, OUTCOME)),
+    Phase("worker.link", None, _I, WORKER,
+          "The registered link, in the worker's trace: from the RegisterWorkerResponse until the socket drops "
+          "(outcome dropped, with the error and close code) or the worker closes it (closed). Carries the status "
+          "changes the worker reports (WS_AVAILABLE ↔ WS_FULL). A job's span links to the link it arrived on.",
+          "AgentServer/Worker._handle_register → the next failure line | the end of _connection_task",
+          (SERVER_ADDRESS, SERVER_PORT, AGENT_NAME, WORKER_ID, WORKER_LINK_DROPS, WORKER_CLOSE_CODE, ERROR_TYPE,
+           OUTCOME)),
     # ---- job process ---------------------------------------------------------------------
     Phase("process.prewarm", "job", _I, JOB,
           "Process start and the user's prewarm/setup function (happens before the job is known; "
@@ -418,7 +461,7 @@ PHASES: tuple[Phase, ...] = (
           "One resume or full-reconnect (restart) attempt.",
           "'resuming|restarting connection... attempt: N' → next attempt | recovered | failed",
           ("lk_probe.attempt", "lk_probe.reconnect.mode", "error.type", "lk_probe.outcome",
-           "lk_probe.error.reported_type"), budget=10.0),
+           "lk_probe.error.reported_type", "lk_probe.inferred", "lk_probe.inferred_from"), budget=10.0),
     Phase("rtc.reconnect.backoff", "rtc.reconnect", _I, RTC,
           "The wait between two reconnect attempts.",
           "gap between attempt records", ("lk_probe.retry_now",), budget=None),

@@ -185,7 +185,18 @@ def provider():
         return chosen
 
 
+def suppressed() -> bool:
+    """True inside OpenTelemetry's ``suppress_instrumentation()`` context: lk_probe emits no span there."""
+    with guard("provider.suppressed"):
+        from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+        return not is_instrumentation_enabled()
+    return False
+
+
 def tracer():
+    if suppressed():
+        return trace.NoOpTracer()
     with _lock:
         if not _state.active:
             return trace.NoOpTracer()

@@ -289,6 +289,9 @@ class Watch:
             raise ValueError("the LiveKit URL and an API key and secret (or a token) are needed")
         if not cr.token:
             cr = Creds(cr.url, cr.api_key, cr.api_secret, _admin_token(cr, self.room, self.bound))
+        import livekit.api.agent_dispatch_service  # noqa: F401 - fails here, before a session is opened, if missing
+        import livekit.api.room_service  # noqa: F401
+
         return _Client(_sessions.acquire(), cr)
 
     async def _settle(self) -> _Settled:

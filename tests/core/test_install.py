@@ -145,6 +145,21 @@ def test_forced_ids_apply_only_to_lk_probe_spans(memory_provider):
     assert spans.named("other")[0].trace_id != job.trace_id
 
 
+def test_no_phase_becomes_a_span_inside_suppress_instrumentation(memory_provider):
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    provider, exporter = memory_provider
+    lk_probe.install(tracer_provider=provider)
+    rec = Recorder(None)
+    with suppress_instrumentation():
+        rec.start("job", "quiet")
+        rec.event(None, _catalogue.EV_LEAVE)
+        rec.end("quiet")
+    rec.start("job", "loud")
+    rec.end("loud")
+    assert [s.name for s in exporter.get_finished_spans()] == ["job"]
+
+
 def test_budget_crossing_exports_a_stall_record_while_the_phase_is_open(memory_provider, monkeypatch, caplog):
     provider, exporter = memory_provider
     monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "0.2")

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.e2e
 WORKER_PHASES = ("job.availability", "job.request_handler", "job.assignment", "job.launch", "job.process")
 
 
+@pytest.mark.smoke("job")
 def test_one_trace_per_job_across_worker_and_job_process(probe):
     probe.start_worker()
     job_id = probe.dispatch(room="room-a")
@@ -134,6 +135,7 @@ def test_slow_request_handler_and_slow_prewarm_are_diagnosed_from_the_trace(prob
     assert slow_prewarm.evidence == f"the job process's start and prewarm took {prewarm.duration:.1f} s (budget 1.0 s)"
 
 
+@pytest.mark.smoke("sigkill")
 def test_sigkilled_job_process_is_closed_by_the_worker_within_2s(probe):
     probe.start_worker(LKP_MODE="kill", LKP_IDLE="0")  # no idle refill racing the exit status (see test_crash)
     job_id = probe.dispatch(room="room-kill")

@@ -159,3 +159,25 @@ async def test_thousand_watches_against_an_unreachable_server(capspans, unused_t
     gc.collect()
     assert len(gc.get_objects()) - objects_before < 20_000  # nothing per watch is kept once it ended
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200_000  # peak growth < 200 MB
+
+
+def test_without_livekit_api_one_clear_warning_and_no_watch(tmp_path):
+    """In a process where livekit-api cannot be imported (a backend that installed lk_probe alone), watch_dispatch()
+    says so in one line and returns None: no traceback, no task, no session left open."""
+    import subprocess
+    import sys
+
+    code = """
+import asyncio, sys
+sys.modules["livekit.api"] = None  # livekit-api not installed
+import lk_probe
+async def main():
+    tasks = [lk_probe.watch_dispatch("r", "AD_x", url="http://127.0.0.1:9", api_key="k", api_secret="s")
+             for _ in range(2)]
+    print(tasks, len(asyncio.all_tasks()))
+asyncio.run(main())
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "[None, None] 1", (r.stdout, r.stderr)
+    assert r.stderr.splitlines() == ["lk_probe: watch_dispatch() needs the livekit-api package (pip install "
+                                     "livekit-api); not watching"], r.stderr

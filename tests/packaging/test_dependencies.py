@@ -92,6 +92,7 @@ PARTS = {
     "pytest_plugin.py": (None, "testing"),
     "demo.py": (None, "testing", "livekit-agents"),  # runs a real agent worker against the double
     "waterfall.py": (None, "cli"),
+    "_serve.py": (None, "cli"),  # lk-probe serve: aiohttp
     "_patches/worker.py": (None, "livekit-agents"),
     "_patches/job.py": (None, "livekit-agents"),
     "_patches/room.py": (None, "livekit"),

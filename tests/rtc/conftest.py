@@ -18,6 +18,9 @@ def rtc_version() -> tuple[int, ...]:
 
 
 V112 = rtc_version() < (1, 1, 3)  # 0-based attempts, v0 by default, no `disconnected` after giving up
+# an older livekit than lk_probe supports (a livekit-agents release may pin one): a phase it cannot give is stated as
+# such (the test skips naming what its records did give), not reported as a failure
+BELOW_RANGE = rtc_version() < (1, 1)
 
 
 def codes(spans: Any) -> list[str]:
@@ -35,6 +38,11 @@ async def wait_spans(capspans: Any, pred: Callable[[Any], bool], timeout: float 
         if pred(spans):
             return spans
         if time.monotonic() > deadline:
+            if BELOW_RANGE:
+                from livekit.rtc import __version__
+
+                pytest.skip(f"livekit {__version__} is older than lk_probe supports; its records gave only "
+                            f"{', '.join(sorted({s.name for s in spans})) or 'no phase'}")
             raise TimeoutError("spans never matched; have:\n" + spans.summary())
         await asyncio.sleep(0.05)
 

@@ -10,11 +10,12 @@ import pytest
 
 from lk_probe.testing.secrets import find_secrets
 
-from .conftest import V112, codes, wait_spans
+from .conftest import V112, codes, signal, wait_spans
 
 pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e]
 
 
+@pytest.mark.smoke("connect")
 async def test_clean_connect_has_its_phases_in_order(lk_double, capspans, connected):
     await connected("alice")
     # Rust records reach Python a few ms after the connect callback: wait for the phases, don't race them
@@ -29,7 +30,10 @@ async def test_clean_connect_has_its_phases_in_order(lk_double, capspans, connec
     assert attempt.attributes["lk_probe.attempt"] == 1
     u = urlsplit(lk_double.url)
     assert sig.attributes["server.address"] == u.hostname and sig.attributes["server.port"] == u.port
-    assert sig.attributes["lk_probe.signal.path"] == ("v0" if V112 else "v1")
+    # the path the SDK used (/rtc/v1 from livekit 1.1.3 on by default, but not in every release after), as the
+    # double saw it
+    path = "v1" if lk_double.events.of_kind("signal_request")[0]["path"].startswith("/rtc/v1") else "v0"
+    assert sig.attributes["lk_probe.signal.path"] == path
     assert join.attributes["lk_probe.server.region"] == lk_double.region
     assert connect.start <= sig.start and join.end <= connect.end
     # the PC's records often arrive after the connect callback (livekit's FFI hands its log over in batches): the
@@ -37,7 +41,7 @@ async def test_clean_connect_has_its_phases_in_order(lk_double, capspans, connec
     spans = await wait_spans(capspans, lambda s: s.named("rtc.pc"), timeout=5)
     for pc in spans.named("rtc.pc"):
         assert pc.parent_id == attempt.span_id and pc.start >= join.start and pc.end <= connect.end
-        assert pc.attributes["lk_probe.pc"] == ("subscriber" if V112 else "publisher")
+        assert pc.attributes["lk_probe.pc"] == ("publisher" if path == "v1" else "subscriber")
     assert find_secrets(spans, extra=[lk_double.api_secret]) == []
     assert codes(spans) == []  # a healthy connect gets no finding
 
@@ -96,6 +100,7 @@ async def test_twenty_connects_each_have_their_pc_phase_ending_by_the_return(lk_
     print({why: late.count(why) for why in set(late)})
 
 
+@pytest.mark.smoke("signal_timeout")
 async def test_signal_upgrade_delayed_8s_once_fails_attempt_1_then_connects(lk_double, capspans, connected):
     lk_double.faults.add("signal_upgrade_delay", delay=8.0, count=1)
     t0 = time.monotonic()
@@ -176,3 +181,20 @@ async def test_ice_that_never_completes_fails_every_attempt_on_the_pc(lk_double,
     assert "wait_pc_connection timed out" in str(err.value)
     assert not lk_double.events.of_kind("pc_state", lambda e: e["state"] == "connected")  # the fault held
     assert codes(spans)[0] == "ice_never_connects"
+
+
+async def test_a_connect_inside_suppress_instrumentation_emits_no_span(lk_double, capspans, connected):
+    """OpenTelemetry's ``suppress_instrumentation()``: the connect made inside it, its engine phases and its room's
+    later life give no span; a connect after it is traced as usual (so the capture is live)."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        quiet, events = await connected("quiet", room="quiet")
+    await signal(lk_double, "send_leave", "quiet", action="RESUME", room="quiet")  # an episode in the quiet room
+    await events.wait("reconnected", timeout=30)
+    await asyncio.sleep(0.5)  # the FFI hands the engine's records over in batches: let the quiet room's arrive
+    await asyncio.wait_for(quiet.disconnect(), 10)
+    assert len(capspans.spans) == 0, capspans.spans.summary()
+    await connected("loud", room="loud")
+    spans = await wait_spans(capspans, lambda s: s.named("rtc.join") and s.named("rtc.connect"), timeout=5)
+    assert len(spans.named("rtc.connect")) == 1 and len({s.trace_id for s in spans}) == 1, spans.summary()

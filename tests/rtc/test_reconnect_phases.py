@@ -6,15 +6,9 @@ import pytest
 
 from lk_probe.findings import diagnose
 
-from .conftest import V112, codes, signal, wait_spans
+from .conftest import codes, signal, wait_spans
 
-# Known, not yet fixed: on livekit 1.1.2 the engine's log batch can reach Python after the room event it precedes (the
-# `reconnected` event before the "resuming connection... attempt" record), and lk_probe then ends the episode with no
-# attempt and opens a second, inferred one for the late record. Run after run in one process (engines of earlier
-# tests still logging) this shows up in one or two of these tests; each passes alone. Until the machine places such
-# late attempt records in the episode they belong to, a failure on 1.1.2 is retried twice (it must pass once).
-pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e,
-              pytest.mark.flaky(reruns=2, condition=V112)]
+pytestmark = [pytest.mark.rtc, pytest.mark.lk_netns, pytest.mark.e2e]
 
 
 def _episode_done(spans):
@@ -25,6 +19,7 @@ def _attempts(spans, episode):
     return sorted((s for s in spans.children(episode) if s.name == "rtc.reconnect.attempt"), key=lambda s: s.start)
 
 
+@pytest.mark.smoke("reconnect")
 async def test_leave_resume_is_an_episode_recovered_by_resume(lk_double, capspans, connected):
     room, events = await connected("agent-r")
     sid = room.local_participant.sid

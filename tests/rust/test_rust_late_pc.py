@@ -8,6 +8,9 @@ ended, marked inferred; without any PC record there is no PC phase.
 
 from __future__ import annotations
 
+import time
+import weakref
+
 import pytest
 from replay import load, replay_rows, tree
 
@@ -113,3 +116,56 @@ def test_late_pc_nests_under_the_ended_attempt_span(capspans):
     assert att.parent_id == connect.span_id and pc.parent_id == att.span_id and pc.trace_id == att.trace_id
     assert pc.end_ns == att.end_ns == connect.end_ns == finished
     assert pc.attributes["lk_probe.inferred"] is True and not pc.error
+
+
+def test_an_earlier_rooms_late_pc_records_are_not_the_new_attempts():
+    """The records carry no room, and the previous room's last log batch can reach Python just after the next
+    connect began: its 'Connecting/Connected Publisher' pair must not become a healthy PC phase of the new attempt
+    (whose own PC never connects here). The engine creates an attempt's PCs after its JoinResponse and records keep
+    their order, so PC records before the attempt's JoinResponse are not the attempt's."""
+    meta, rows = load("real-ice_never_once-1.1.21.jsonl")
+    start = next(i for i, r in enumerate(rows) if r["kind"] == "connect_started")
+    template = next(r for r in rows if _pc_record(r))
+    t = rows[start]["t"]
+    stray = [dict(template, t=t + 30_000_000, message="connection change, Connecting Publisher"),
+             dict(template, t=t + 37_000_000, message="connection change, Connected Publisher"),
+             dict(template, t=t + 38_000_000, message="connection setup took 21.5ms")]
+    sink, m = replay_rows(meta, rows[:start + 1] + stray + rows[start + 1:])
+    rows_ = tree(sink, t0=t)
+    a1 = next(r for r in rows_ if r[0] == "rtc.attempt")
+    assert a1[4] == "pc_timeout"
+    pcs = [r for r in rows_ if r[0] == "rtc.pc"]
+    assert pcs and all(pc[2] > 35 for pc in pcs)  # none from the stray pair (t+30 ms … t+37 ms)
+    assert pcs[0][1] == "rtc.attempt" and pcs[0][4] == "pc_timeout"  # attempt 1's own PC, which never connected
+    assert not [r for r in rows_ if r[0] == "rtc.callback"]
+    assert m.open_count() == 0
+
+
+def test_pc_records_after_the_room_closed_still_reach_its_machine(monkeypatch):
+    """A job that ends right after connecting closes its room before the log batch with the PC records arrives: with
+    no live room left, the records still go to the closed room's machine while its attempt awaits them."""
+    from lk_probe._patches import room as room_patch
+
+    meta, rows, finished = _rows()
+    shift = time.time_ns() - finished - 100_000_000  # the connect returned 100 ms ago
+    rows = [dict(r, t=r["t"] + shift) for r in rows]
+    sink, m = replay_rows(meta, [r for r in rows if not _pc_record(r) and r["kind"] != "closed"])
+    m.closed(time.time_ns())
+
+    class Room:
+        pass
+
+    room = Room()
+    rt = room_patch.RoomTrace(None, m, None, None, None, closed=True)
+    monkeypatch.setattr(room_patch, "_rooms", [(weakref.ref(room), rt)])
+    monkeypatch.setattr(room_patch, "_ended", None)
+    assert room_patch.active_machine() is m
+    for r in rows:
+        if _pc_record(r):
+            room_patch.active_machine().record(parse(r["level"], r["target"], r["line"], r["module_path"],
+                                                     r["message"]), time.time_ns())
+    (pc,) = tree(sink, t0=rows[0]["t"])[-1:]
+    assert pc[0] == "rtc.pc" and pc[1] == "rtc.attempt" and pc[4] is None
+    assert pc[3] == pytest.approx((finished + shift - rows[0]["t"]) / 1e6)
+    assert room_patch.active_machine() is None  # placed: nothing more awaited, later records go nowhere
+    assert m.open_count() == 0

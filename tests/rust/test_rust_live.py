@@ -14,17 +14,8 @@ from lk_probe.testing import netns
 from replay import normalized, replay_rows, tree
 from test_rust_replay import check_real
 
-def _livekit_112() -> bool:
-    from livekit.rtc import __version__
-
-    return tuple(int(x) for x in __version__.split(".")[:3]) < (1, 1, 3)
-
-
-# livekit 1.1.2 can deliver a log batch after the room event it precedes; lk_probe then splits a reconnect episode
-# (see tests/rtc/test_reconnect_phases.py): known, not yet fixed, so a failure there is retried twice
 pytestmark = [pytest.mark.lk_netns, pytest.mark.rtc, pytest.mark.skipif(not netns.in_private_netns(),
-                                                    reason="needs the private network namespace (real ICE)"),
-              pytest.mark.flaky(reruns=2, condition=_livekit_112())]
+                                                    reason="needs the private network namespace (real ICE)")]
 
 
 def _cloud_host_is_local() -> bool:

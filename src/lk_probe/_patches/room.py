@@ -47,14 +47,21 @@ _lock = threading.Lock()
 _rooms: list[tuple[weakref.ref, RoomTrace]] = []  # newest last
 _MAX_ROOMS = 16
 _listening: "weakref.WeakKeyDictionary[Any, RoomTrace]" = weakref.WeakKeyDictionary()
+_ended: Any = None  # the machine of the room that closed last
 
 
 def active_machine() -> Any:
-    """The machine the Rust records go to: that of the newest Room still connecting or connected."""
+    """The machine the Rust records go to: that of the newest Room still connecting or connected; with none, that
+    of the room that closed last while it still awaits its last PC records (a job that ends right after connecting
+    closes its room before the log batch with them arrives)."""
+    global _ended
     with _lock:
         while _rooms and (_rooms[-1][0]() is None or _rooms[-1][1].closed):
-            _rooms.pop()
-        return _rooms[-1][1].machine if _rooms else None
+            _ended = _rooms.pop()[1].machine
+        if _rooms:
+            return _rooms[-1][1].machine
+        ended = _ended
+    return ended if ended is not None and ended.awaits_late(time.time_ns()) else None
 
 
 def _register(room: Any, rt: RoomTrace) -> None:
@@ -86,7 +93,7 @@ def _new_machine(rec: Recorder) -> Any:
 async def _room_connect(wrapped, instance, args, kwargs):
     rt = None
     with guard("room.connect_start"):
-        rt = _begin(instance, args, kwargs)
+        rt = _begin(instance, args, kwargs) if not _provider.suppressed() else _quiet(instance)
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as e:
@@ -130,6 +137,12 @@ def _begin(room: Any, args: tuple, kwargs: dict) -> RoomTrace:
         _register(room, rt)
         machine.connect_started(t, url or "")
     return rt
+
+
+def _quiet(room: Any) -> None:
+    """A Room connected inside ``suppress_instrumentation()``: untraced for its whole life. It becomes the newest room,
+    with no machine, so the engine's records of its connect and of its later reconnects go nowhere."""
+    _register(room, RoomTrace(Recorder(None), None, None, None, None))
 
 
 def _finish(room: Any, rt: RoomTrace, error: BaseException | None) -> None:
@@ -319,5 +332,7 @@ def uninstrument() -> None:
         except ImportError:
             return
         bridge.uninstall()
+    global _ended
     with _lock:
         _rooms.clear()
+        _ended = None

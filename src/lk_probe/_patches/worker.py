@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
+import random
+import re
 import sys
 import time
 import weakref
 from typing import Any
+from urllib.parse import urlparse
 
 from opentelemetry import context as otel_context
+from opentelemetry.trace import Link
 
 from .. import _catalogue as c
 from .. import _journal, _provider, _verdict
@@ -78,6 +83,189 @@ class _PerObject:
 # agents' objects that carry one job (its JobRequest, its executor) → that job; and why an executor was killed
 _job_of = _PerObject()
 _kill_cause = _PerObject()
+_links = _PerObject()
+
+
+# ------------------------------------------------------------------------------------------------ the link to LiveKit
+
+
+class _Link:
+    """The worker's link to LiveKit (the ``/agent`` WebSocket) in a trace of its own, one per worker object.
+
+    agents' connection loop (the same in 1.2–1.8) tries to connect and register, runs the socket, and on any failure
+    — a refused attempt or a dropped link — logs "failed to connect to livekit, retrying in N s" and sleeps N s
+    (0 after a drop, then 2, 4 … 10) before the next attempt. So an attempt starts when the loop starts or when the
+    previous failure's backoff ends, and ends at the register response or at the next failure line.
+    """
+
+    def __init__(self, worker: Any) -> None:
+        self.trace_id = random.getrandbits(128) or 1
+        self.rec = Recorder(otel_context.Context(), label="worker")
+        url = urlparse(str(getattr(worker, "_ws_url", "") or ""))
+        self.attrs: dict[str, Any] = {c.SERVER_ADDRESS: url.hostname, c.SERVER_PORT: url.port,
+                                      c.AGENT_NAME: getattr(worker, "_agent_name", None) or None}
+        self.drops = 0
+        self.attempts = 0  # attempts of the current connect that ended
+        self.attempt_start = 0  # when the current attempt started (ns)
+        self.registered_at: int | None = None
+
+    def _root(self, phase: str, t: int, attributes: dict[str, Any]) -> None:
+        with forced_ids(self.trace_id, random.getrandbits(64) or 1):
+            self.rec.start(phase, phase, t=t, attributes={**self.attrs, **attributes})
+
+    def connecting(self, t: int, *, delay: float = 0.0) -> None:
+        """A connect begins at ``t``; its first attempt ``delay`` s later."""
+        self.attempts = 0
+        self.attempt_start = t + int(delay * 1e9)
+        self._root("worker.connect", t, {c.WORKER_RECONNECT: self.drops > 0, c.WORKER_LINK_DROPS: self.drops})
+
+    def _attempt(self, t: int, *, error: BaseException | None = None, error_type: str | None = None,
+                 delay: float | None = None, outcome: str | None = None) -> None:
+        self.attempts += 1
+        start = min(self.attempt_start, t)
+        self.rec.start("worker.attempt", "worker.attempt", t=start, parent="worker.connect",
+                       attributes={c.ATTEMPT: self.attempts})
+        self.rec.end("worker.attempt", t=t, error_type=error_type or (_link_error(error) if error else None),
+                     error_message=_message(error),
+                     attributes={c.WORKER_RETRY_DELAY: delay, **({c.OUTCOME: outcome} if outcome else {})})
+
+    def failed(self, t: int, delay: float, error: BaseException | None) -> None:
+        """agents' failure line: a dropped link (a reconnect begins) or a failed attempt."""
+        if self.rec.is_open("worker.link"):
+            close_code = getattr(error, "status_code", None)
+            self.drops += 1
+            self.rec.end("worker.link", t=t, error_type=_link_error(error), error_message=_message(error),
+                         attributes={c.OUTCOME: "dropped", c.WORKER_LINK_DROPS: self.drops,
+                                     c.WORKER_CLOSE_CODE: close_code if isinstance(close_code, int) and
+                                     close_code >= 0 else None})
+            self.connecting(t, delay=delay)
+            return
+        if not self.rec.is_open("worker.connect"):
+            self.connecting(self.attempt_start or t)
+        self._attempt(t, error=error, delay=delay)
+        self.attempt_start = t + int(delay * 1e9)
+
+    def registered(self, t: int, reg: Any) -> None:
+        if not self.rec.is_open("worker.connect"):  # a register without a connect seen (installed mid-connect)
+            self.connecting(t)
+        self._attempt(t, outcome="registered")
+        info = getattr(reg, "server_info", None)
+        worker_attrs = {c.WORKER_ID: getattr(reg, "worker_id", None) or None}
+        self.rec.end("worker.connect", t=t, attributes={
+            **worker_attrs, c.OUTCOME: "registered", c.WORKER_ATTEMPTS: self.attempts,
+            c.SERVER_VERSION: getattr(info, "version", None) or None,
+            c.SERVER_REGION: getattr(info, "region", None) or None,
+            c.SERVER_NODE_ID: getattr(info, "node_id", None) or None,
+            c.SERVER_PROTOCOL: getattr(info, "protocol", None)})
+        self.registered_at = t
+        self._root("worker.link", t, {**worker_attrs, c.WORKER_LINK_DROPS: self.drops})
+
+    def ended(self, t: int, exc: BaseException | None) -> None:
+        """agents' connection loop returned (the worker closed) or gave up (RuntimeError after max_retry)."""
+        gave_up = isinstance(exc, RuntimeError)
+        if self.rec.is_open("worker.connect"):
+            if gave_up:
+                self._attempt(t, error_type="gave_up")
+            self.rec.end("worker.connect", t=t, error_type="gave_up" if gave_up else None,
+                         error_message=str(exc) if gave_up else None,
+                         attributes={c.OUTCOME: "gave_up" if gave_up else "closed", c.WORKER_ATTEMPTS: self.attempts})
+        self.rec.end("worker.link", t=t, attributes={c.OUTCOME: "closed"})
+        self.rec.close_all(t=t, attributes={c.OUTCOME: "closed"})
+        _provider.flush_soon()
+
+    def link_of_job(self) -> tuple[dict[str, Any], list[Link] | None]:
+        """What a job's span says about the link it arrived on: attributes and a link to the ``worker.link`` span."""
+        span = self.rec.span("worker.link")
+        sc = span.get_span_context() if span is not None else None
+        return ({c.WORKER_REGISTERED_AT: self.registered_at, c.WORKER_LINK_DROPS: self.drops},
+                [Link(sc)] if sc is not None and sc.is_valid else None)
+
+
+def _message(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    return getattr(error, "message", None) or str(error) or type(error).__name__
+
+
+def _link_error(error: BaseException | None) -> str:
+    """The ``error.type`` of a failed attempt or a dropped link."""
+    import aiohttp
+
+    from .._livekit_api import classify
+
+    status = getattr(error, "status", None)
+    if isinstance(error, aiohttp.ClientResponseError) and isinstance(status, int):
+        return "auth" if status in (401, 403) else "http_404" if status == 404 else \
+            "http_4xx" if status < 500 else "http_5xx"
+    if "closed" in (_message(error) or "") or isinstance(error, aiohttp.WSServerHandshakeError):
+        return "closed"
+    return classify(error)[0] if error is not None else "error"
+
+
+_link_var: contextvars.ContextVar[_Link | None] = contextvars.ContextVar("lk_probe_worker_link", default=None)
+_FAILURE_LINE = re.compile(r"^failed to connect to livekit, retrying in (\d+(?:\.\d+)?)s")
+AGENTS_LOGGER = "livekit.agents"
+
+
+class _FailureLines(logging.Filter):
+    """Reads agents' "failed to connect to livekit, retrying in N s" line (it lets every record through)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with guard("worker.link_failure"):
+            link = _link_var.get()
+            m = _FAILURE_LINE.match(record.msg) if link is not None and isinstance(record.msg, str) else None
+            if m is not None:
+                error = getattr(record, "error", None)  # agents 1.5+: extra={"error": e}; 1.4: exc_info
+                if not isinstance(error, BaseException) and record.exc_info:
+                    error = record.exc_info[1]
+                link.failed(time.time_ns(), float(m.group(1)), error)
+        return True
+
+
+_failure_lines = _FailureLines()
+
+
+async def _connection_task(wrapped, instance, args, kwargs):
+    link = token = None
+    with guard("worker.link_start"):
+        link = _Link(instance)
+        _links[instance] = link
+        link.connecting(time.time_ns())
+        token = _link_var.set(link)
+    exc: BaseException | None = None
+    try:
+        return await wrapped(*args, **kwargs)
+    except BaseException as e:
+        exc = e
+        raise
+    finally:
+        with guard("worker.link_end"):
+            if token is not None:
+                _link_var.reset(token)
+            if link is not None:
+                link.ended(time.time_ns(), exc)
+
+
+def _handle_register(wrapped, instance, args, kwargs):
+    with guard("worker.registered"):
+        link = _links.get(instance)
+        if link is not None:
+            link.registered(time.time_ns(), args[0] if args else kwargs["reg"])
+    return wrapped(*args, **kwargs)
+
+
+_offers: list[Any] = []
+
+
+def _count_offer(outcome: str) -> None:
+    with guard("worker.offers_metric"):
+        if not _offers:
+            from opentelemetry import metrics
+
+            _offers.append(metrics.get_meter("lk_probe").create_counter(
+                c.METRIC_WORKER_OFFERS, description="Job offers (AvailabilityRequests) the worker received, and its "
+                                                    "answers, by outcome"))
+        _offers[0].add(1, {c.OUTCOME: outcome})
 
 
 def _server_class_path() -> str | None:
@@ -154,8 +342,11 @@ def _handle_availability(wrapped, instance, args, kwargs):
         jt = _JobTrace(job, t, instance)
         attrs = {**_job_attributes(job), **_worker_state(instance),
                  c.JOB_RESUMING: bool(getattr(msg, "resuming", False))}
+        link = _links.get(instance)
+        link_attrs, links = link.link_of_job() if link is not None else ({}, None)
         with forced_ids(jt.trace_id, root_span_id_for(job.id, job.state.started_at)):
-            jt.rec.start("job", "job", t=t, parent=None, attributes=attrs)
+            jt.rec.start("job", "job", t=t, parent=None, attributes={**attrs, **link_attrs}, links=links)
+        _count_offer("offered")
         job_ctx = jt.rec.context("job")
         if job_ctx is None:  # the job span could not be started: trace nothing for this job
             jt = None
@@ -185,6 +376,8 @@ def _queue_msg(wrapped, instance, args, kwargs):
             _on_answer(msg.availability)
         elif which == "update_worker":
             _on_worker_status(instance, msg.update_worker)
+        elif which == "update_job":
+            _on_job_status(msg.update_job)
     return wrapped(*args, **kwargs)
 
 
@@ -194,6 +387,7 @@ def _on_answer(av: Any) -> None:
         return
     jt.answered = True
     t = time.time_ns()
+    _count_offer("accepted" if av.available else "rejected")
     if av.available:
         jt.rec.end("job.availability", t=t, attributes={c.AVAILABLE: True, c.OUTCOME: "accepted"})
         jt.rec.start("job.assignment", "job.assignment", t=t)
@@ -215,6 +409,18 @@ def _on_worker_status(worker: Any, upd: Any) -> None:
                  c.WORKER_LOAD: float(upd.load)}
         for jt in list(_jobs.values()):
             jt.rec.event("job", c.EV_WORKER_STATUS, attributes=attrs)
+        link = _links.get(worker)
+        if link is not None and link.rec.is_open("worker.link"):
+            link.rec.event("worker.link", c.EV_WORKER_STATUS, attributes=attrs)
+
+
+def _on_job_status(upd: Any) -> None:
+    from livekit.protocol import agent
+
+    jt = _jobs.get(upd.job_id)
+    if jt is not None:
+        jt.rec.event("job", c.EV_JOB_STATUS, attributes={c.JOB_STATUS: agent.JobStatus.Name(upd.status),
+                                                          c.JOB_ERROR: upd.error or None})
 
 
 def _job_request_init(wrapped, instance, args, kwargs):
@@ -430,6 +636,9 @@ def instrument() -> None:
         wrap(WORKER_MOD, f"{cls}._handle_availability", _handle_availability, feature="job receipt")
         wrap(WORKER_MOD, f"{cls}._queue_msg", _queue_msg, feature="availability answers and worker status")
         wrap(WORKER_MOD, f"{cls}._handle_assignment", _handle_assignment, feature="job assignment")
+        if wrap(WORKER_MOD, f"{cls}._connection_task", _connection_task, feature="the worker's link to LiveKit"):
+            wrap(WORKER_MOD, f"{cls}._handle_register", _handle_register, feature="the worker's registration")
+            logging.getLogger(AGENTS_LOGGER).addFilter(_failure_lines)
     wrap(JOB_MOD, "JobRequest.__init__", _job_request_init, feature="the request handler")
     wrap(JOB_MOD, "JobRequest.accept", _job_request_accept, feature="job accept")
     wrap(JOB_MOD, "JobRequest.reject", _job_request_reject, feature="job reject")
@@ -449,3 +658,7 @@ def reset() -> None:
     _last_status.clear()
     _job_of.clear()
     _kill_cause.clear()
+    logging.getLogger(AGENTS_LOGGER).removeFilter(_failure_lines)
+    for link in list(_links._map.values()):
+        link.rec.close_all(error_type="uninstrumented")
+    _links.clear()

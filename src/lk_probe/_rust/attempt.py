@@ -305,6 +305,10 @@ class Attempt:
             self.signal = None
 
     def on_pc_change(self, d: dict[str, Any], t: int) -> None:
+        if self.joined_t is None:
+            # the engine creates an attempt's PCs after its JoinResponse (or reconnect response), and records keep
+            # their order: a PC record before it is from an earlier room whose log batch came late
+            return
         pc, state = d["pc"], d["state"]
         k = self.pcs.get(pc)
         if state == "Connecting":
@@ -357,6 +361,8 @@ class Attempt:
             self.out.end(self.pcs.pop(pc), t, "pc_failed", f"{pc.capitalize()} pc state failed")
 
     def on_setup_took(self, d: dict[str, Any], t: int) -> None:
+        if self.joined_t is None:  # logged once the PCs connected: before the join, it is an earlier room's
+            return
         self.ready_t = t
         self.out.event(self.key, c.EV_CONNECTION_SETUP, t, {c.SETUP_MS: d.get("ms")})
 

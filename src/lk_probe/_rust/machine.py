@@ -17,11 +17,15 @@ connect
     rtc.pc (publisher/subscriber)          'connection change, Connecting X' → 'Connected X' | Failed | Closed;
                                            when both records arrive after the attempt ended well (connect
                                            callback, recovery), inferred, ending when the attempt ended
+                                           (also after the room closed: its last log batch comes later);
+                                           PC records before the attempt's JoinResponse are an earlier room's
   rtc.callback                             engine connected (last PC connected / 'connection setup took') →
                                            connect callback (none when the PC's records came after it)
 reconnect
   rtc.reconnect                            'received session close' | reconnecting event → 'RtcEngine successfully
                                            recovered' | reconnected | 'failed to reconnect…' | disconnected
+                                           (a reconnected event that outran the attempt's records ends it when
+                                           they came, at the event's time, the late phases clamped within it)
     rtc.reconnect.attempt (resume|restart) with the same children as rtc.attempt
     rtc.reconnect.backoff                  attempt failed → next attempt
 """
@@ -36,8 +40,8 @@ from typing import Any, Hashable
 from .. import _catalogue as c
 from .._errors import guarded
 from .._sink import PhaseSink
-from .attempt import Attempt
-from .out import MAX_OPEN, Out, inferred
+from .attempt import LATE_PC_WINDOW, Attempt
+from .out import MAX_OPEN, Clamped, Out, inferred
 from .records import (EngineEvent, Era, classify_error, era_of_ffi_version, era_of_rtc_version, parse,
                       url_parts)
 
@@ -45,6 +49,9 @@ __all__ = ["EngineMachine"]
 
 S = 1_000_000_000
 PRE_EPISODE_WINDOW = 2 * S
+# the engine's records can reach Python after the `reconnected` event they precede (log batches): the episode the
+# event recovered stays open that long for them (or until its 'RtcEngine successfully recovered' record)
+LATE_EPISODE_WINDOW = LATE_PC_WINDOW
 MAX_PRE_EVENTS = 8
 
 IDLE, CONNECTING, CONNECTED, DISCONNECTED = "idle", "connecting", "connected", "disconnected"
@@ -66,6 +73,12 @@ class _Episode:
     backoff: Hashable | None = None
     disconnect_reason: str | None = None
     terminal: str | None = None  # 1.1.21+: the server / auth ended the episode ('… during resume|restart')
+    attempts: int = 0
+    reconnecting: bool = False  # its `reconnecting` event came: a `reconnected` event before it is not its end
+    # the `reconnected` event came at recovered_t: the episode ends there, once the records it outran are placed
+    # (by clamped, within the episode's time)
+    recovered_t: int | None = None
+    clamped: Clamped | None = None
 
 
 class EngineMachine:
@@ -127,6 +140,7 @@ class EngineMachine:
     @guarded("rust.machine.connect_started")
     def connect_started(self, t: int, url: str | None = None) -> None:
         with self._lock:
+            self._settle(t, force=True)
             self._end_connect(t, "cancelled", "connect restarted", outcome="cancelled")
             self._late = None
             if self._episode is not None:
@@ -143,9 +157,12 @@ class EngineMachine:
         if ev is None:
             return
         with self._lock:
+            if self.state == DISCONNECTED and ev.kind != "pc_change":
+                return  # the room is gone: only the late PC records of its last attempt are still placed
             self._fingerprint(ev)
             if ev.kind == "join_response" and ev.data.get("ping_timeout"):
                 self._ping_timeout = ev.data["ping_timeout"]
+            self._settle(t)
             if self._pre and t - self._pre[0][0] > PRE_EPISODE_WINDOW:
                 self._flush_pre()
             on_attempt = Attempt.RECORDS.get(ev.kind)
@@ -179,12 +196,21 @@ class EngineMachine:
                     return
                 if name == "disconnected":  # the `disconnected` event that follows carries the reason
                     return
+            self._settle(t, force=name in ("reconnecting", "disconnected"))
             if name == "reconnecting":
                 if self.state == CONNECTED and self._episode is None:
                     self._start_episode(t, {})
-            elif name == "reconnected":
                 if self._episode is not None:
-                    self._finish_episode(t, "recovered")
+                    self._episode.reconnecting = True
+            elif name == "reconnected":
+                ep = self._episode
+                # without its `reconnecting` event first, a connected state is the room's initial one (livekit
+                # 1.1.2 can deliver it after the connect returned, once a session close has already begun an episode)
+                if ep is not None and ep.recovered_t is None and ep.reconnecting:
+                    if ep.attempt is not None and ep.attempt.joined_t is not None:
+                        self._finish_episode(t, "recovered")  # what is left to come are its PC records
+                    else:  # the records of the attempt that recovered are still on their way
+                        self._recovered_event(ep, t)
             elif name == "disconnected":
                 self._disconnected(t, _reason_name(data.get("reason")))
             elif name == "moved":
@@ -225,6 +251,7 @@ class EngineMachine:
     def closed(self, t: int) -> None:
         with self._lock:
             self._flush_pre()
+            self._settle(t, force=True)
             self._end_connect(t, "cancelled", "room closed", outcome="cancelled")
             if self._episode is not None:
                 self._finish_episode(t, "closed")
@@ -232,19 +259,29 @@ class EngineMachine:
                 self._out.end(k, t)
             self.state = DISCONNECTED
 
+    def awaits_late(self, t: int) -> bool:
+        """Whether PC records arriving at ``t`` can still belong to the attempt that ended well last (see
+        :meth:`Attempt.late_pc_change`); they come in the room's last log batch, often after the room closed."""
+        with self._lock:
+            a = self._late
+            return a is not None and a.late is not None and t - a.end_t <= LATE_PC_WINDOW
+
     def open_count(self) -> int:
         return len(self._out.open)
 
     # ------------------------------------------------------------------ attempts
     def _start_attempt(self, n: int, t: int, mode: str) -> Attempt:
-        a = Attempt(self._out, self._key, n, t, mode, cloud=self._cloud, host=self._host, port=self._port)
+        ep = self._episode
+        out = ep.clamped if ep is not None and ep.clamped is not None else self._out
+        a = Attempt(out, self._key, n, t, mode, cloud=self._cloud, host=self._host, port=self._port)
         if mode == "connect":
             attrs: dict[str, Any] = {c.ATTEMPT: n, c.ATTEMPTS_MAX: self._attempts_max}
             self._out.start("rtc.attempt", a.key, t, attrs)
         else:
             attrs = {c.ATTEMPT: n, c.RECONNECT_MODE: mode}
-            self._out.start("rtc.reconnect.attempt", a.key, t, attrs,
-                            parent=self._episode.key if self._episode else None)
+            if out is not self._out:
+                attrs.update(inferred("attempt record after the reconnected event"))
+            out.start("rtc.reconnect.attempt", a.key, t, attrs, parent=ep.key if ep else None)
         return a
 
     def _end_connect(self, t: int, etype: str | None, err: str | None, *, outcome: str,
@@ -295,10 +332,29 @@ class EngineMachine:
         for pt, name, pattrs in pre:
             self._out.event(ep.key, name, pt, pattrs)
 
+    def _recovered_event(self, ep: _Episode, t: int) -> None:
+        """The `reconnected` event: the episode recovered at t. Its log batch may still be on its way (attempt
+        records, the session close with the cause): the episode stays open for it, everything placed from now on
+        is kept within its time, and it ends at t with its 'RtcEngine successfully recovered' record, with the next
+        reconnect / disconnect / connect, or with the first input after ``LATE_EPISODE_WINDOW``."""
+        ep.recovered_t = t
+        ep.clamped = Clamped(self._out, ep.t, t)
+        if ep.attempt is not None:
+            ep.attempt.out = ep.clamped
+
+    def _settle(self, t: int, *, force: bool = False) -> None:
+        """End an episode the `reconnected` event recovered, when its records are no longer awaited."""
+        ep = self._episode
+        if ep is not None and ep.recovered_t is not None and (force or t - ep.recovered_t > LATE_EPISODE_WINDOW):
+            self._finish_episode(ep.recovered_t, "recovered")
+
     def _finish_episode(self, t: int, outcome: str, etype: str | None = None, err: str | None = None) -> None:
         ep = self._episode
         if ep is None:
             return
+        if ep.recovered_t is not None:  # it recovered then; what came after is clamped to it
+            t = ep.recovered_t
+            outcome, etype, err = "recovered", None, None
         self._episode = None
         if ep.attempt is not None:
             if outcome == "recovered":
@@ -307,7 +363,7 @@ class EngineMachine:
             else:
                 ep.attempt.end(t, etype or "reconnect_failed", err or outcome, outcome="failed")
         if ep.backoff is not None:
-            self._out.end(ep.backoff, t)
+            (ep.clamped or self._out).end(ep.backoff, t)
         attrs = dict(ep.attrs)
         attrs[c.OUTCOME] = outcome
         if ep.disconnect_reason:
@@ -364,9 +420,12 @@ class EngineMachine:
             ep.attempt.end(t, "error", "next attempt started", outcome="failed")
             ep.attempt = None
         if ep.backoff is not None:
-            self._out.end(ep.backoff, t)
+            (ep.clamped or self._out).end(ep.backoff, t)
             ep.backoff = None
-        ep.attempt = self._start_attempt(n, t, mode)
+        # a first attempt whose record came after the `reconnected` event began with the episode (the engine tries
+        # at once); its record's time says nothing
+        ep.attempt = self._start_attempt(n, ep.t if ep.clamped is not None and ep.attempts == 0 else t, mode)
+        ep.attempts += 1
 
     def _r_resume_attempt(self, d: dict[str, Any], t: int) -> None:
         self._attempt_start(d, t, "resume")
@@ -383,7 +442,7 @@ class EngineMachine:
         ep.attempt = None
         if backoff:
             k = self._key("backoff")
-            ep.backoff = k if self._out.start("rtc.reconnect.backoff", k, t, parent=ep.key) else None
+            ep.backoff = k if (ep.clamped or self._out).start("rtc.reconnect.backoff", k, t, parent=ep.key) else None
 
     def _r_resume_failed(self, d: dict[str, Any], t: int) -> None:
         self._attempt_failed(d, t)
@@ -405,7 +464,7 @@ class EngineMachine:
     def _r_retry_now(self, d: dict[str, Any], t: int) -> None:
         ep = self._episode
         if ep is not None and ep.backoff is not None:
-            self._out.end(ep.backoff, t, attrs={c.RETRY_NOW: True})
+            (ep.clamped or self._out).end(ep.backoff, t, attrs={c.RETRY_NOW: True})
             ep.backoff = None
 
     def _r_recovered(self, d: dict[str, Any], t: int) -> None:

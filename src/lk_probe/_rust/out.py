@@ -61,3 +61,30 @@ class Out:
         fn = getattr(self.sink, "set_attributes", None)
         if key in self.open and fn is not None:
             fn(key, redact.clean_attributes(attrs))
+
+
+
+class Clamped:
+    """The :class:`Out` of phases whose records can arrive after the phase holding them ended (a reconnect episode
+    whose `reconnected` event outran its records): every time is kept within ``[lo, hi]``, that phase's time, since
+    arrival times are later than what such records mark."""
+
+    def __init__(self, out: Out, lo: int, hi: int) -> None:
+        self.out, self.lo, self.hi = out, lo, hi
+
+    def _t(self, t: int) -> int:
+        return min(max(t, self.lo), self.hi)
+
+    def start(self, phase: str, key: Hashable, t: int, attrs: dict[str, Any] | None = None,
+              parent: Hashable | None = None, context: Any = None) -> bool:
+        return self.out.start(phase, key, self._t(t), attrs, parent=parent, context=context)
+
+    def end(self, key: Hashable | None, t: int, error_type: str | None = None, error_message: str | None = None,
+            attrs: dict[str, Any] | None = None) -> None:
+        self.out.end(key, self._t(t), error_type, error_message, attrs)
+
+    def event(self, key: Hashable | None, name: str, t: int, attrs: dict[str, Any] | None = None) -> None:
+        self.out.event(key, name, self._t(t), attrs)
+
+    def context(self, key: Hashable) -> Any:
+        return self.out.context(key)

@@ -38,6 +38,10 @@ FAULTS = {
                         "timeout fires (identity = agent name)",
     "dispatch_phantom": "CreateDispatch succeeds and ListDispatch reports the job running, but no worker is ever "
                         "offered it (identity = agent name)",
+    "agent_socket_drop": "close a worker's /agent socket `after` seconds (default 0) after it registered, with close "
+                         "code `code` (default 1011); the worker reconnects (identity = agent name)",
+    "agent_connect_refused": "answer a worker's /agent upgrade with HTTP `status` (default 503): each firing refuses "
+                             "one connect attempt (`count` attempts)",
 }
 
 AVAILABILITY_TIMEOUT = 10.0  # how long the double waits for an AvailabilityResponse before trying the next worker
@@ -141,6 +145,11 @@ class AgentService:
     # ------------------------------------------------------------------------------------------- websocket
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         remote = request.remote
+        refused = self.double.faults.take("agent_connect_refused")
+        if refused is not None:
+            status = int(refused.params.get("status", 503))
+            self.events.record("worker_refused", path=request.path, status=status, remote=remote)
+            return web.Response(status=status, text=f"{status}: refused by the agent_connect_refused fault")
         token = bearer(request.headers, request.query)
         try:
             if not token:
@@ -243,7 +252,25 @@ class AgentService:
         self.workers[w.id] = w
         self.events.record("worker_registered", worker=w.id, agent_name=w.agent_name,
                            type=enum_name(agent.JobType, w.type), version=w.version, namespace=w.namespace)
+        drop = self.double.faults.take("agent_socket_drop", w.agent_name)
+        if drop is not None:
+            self.double.spawn(self._drop_later(w, float(drop.params.get("after", 0.0)),
+                                               int(drop.params.get("code", 1011))), name=f"lkd-drop-{w.id}")
         self._unpark_for(w)
+
+    async def _drop_later(self, w: WorkerConn, after: float, code: int) -> None:
+        await sleep_at_least(after)
+        await self.drop_worker(w.id, code=code)
+
+    async def drop_worker(self, worker_id: str, *, code: int = 1011, reason: str = "dropped by the double") -> bool:
+        """Close a registered worker's /agent socket (as a server restart or a network cut would); False when that
+        worker is not connected."""
+        w = self.workers.get(worker_id)
+        if w is None or w.ws.closed:
+            return False
+        self.events.record("worker_dropped", worker=w.id, agent_name=w.agent_name, code=code, reason=reason)
+        await w.ws.close(code=code, message=reason.encode()[:120])
+        return True
 
     async def _update_worker(self, w: WorkerConn, u: agent.UpdateWorkerStatus) -> None:
         if u.HasField("status"):

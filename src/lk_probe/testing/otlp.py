@@ -31,28 +31,25 @@ deflate compressed) protobuf request; 404 for other paths; 413 above 64 MiB; 415
 
 from __future__ import annotations
 
-import gzip
 import ipaddress
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
-from lk_probe.spans import SpanRecord, SpanSet, _kv
+from lk_probe._otlp_wire import MAX_BODY as _MAX_BODY
+from lk_probe._otlp_wire import WireError, decode, records
+from lk_probe.spans import SpanRecord, SpanSet
 
 __all__ = ["OtlpReceiver"]
-
-_MAX_BODY = 64 * 1024 * 1024
 
 
 def _check_loopback(host: str) -> None:
@@ -64,20 +61,6 @@ def _check_loopback(host: str) -> None:
         ok = False
     if not ok:
         raise ValueError(f"OtlpReceiver binds loopback only (127.0.0.1, ::1, localhost), not {host!r}")
-
-
-def _decompress(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding == "gzip":
-        return gzip.decompress(body)
-    if encoding == "deflate":
-        try:
-            return zlib.decompress(body)
-        except zlib.error:
-            return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate
-    raise ValueError(f"unsupported Content-Encoding {encoding!r}")
 
 
 class OtlpReceiver:
@@ -170,18 +153,10 @@ class OtlpReceiver:
 
     # -- data -----------------------------------------------------------------------------------------------
     def _ingest(self, request: ExportTraceServiceRequest, transport: str, encoding: str) -> None:
-        now = time.time_ns()
-        records = []
-        for rs in request.resource_spans:
-            res_attrs = _kv(rs.resource.attributes)
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    rec = SpanRecord.from_otlp(span, res_attrs, ss.scope.name)
-                    rec.received_ns = now
-                    records.append(rec)
+        received = records(request)
         with self._cond:
-            self._records.extend(records)
-            self.requests.append((transport, encoding, len(records)))
+            self._records.extend(received)
+            self.requests.append((transport, encoding, len(received)))
             self._cond.notify_all()
 
     def spans(self) -> SpanSet:
@@ -251,9 +226,9 @@ def _make_http_server(receiver: OtlpReceiver) -> ThreadingHTTPServer:
                 return self._reply(415, b"only application/x-protobuf")
             encoding = self.headers.get("Content-Encoding") or ""
             try:
-                request = ExportTraceServiceRequest.FromString(_decompress(body, encoding))
-            except (DecodeError, ValueError, OSError, EOFError, zlib.error) as exc:
-                return self._reply(400, f"malformed OTLP body: {exc}".encode())
+                request = decode(body, encoding)
+            except WireError as exc:
+                return self._reply(400, str(exc).encode())
             receiver._ingest(request, "http", encoding)
             self._reply(200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf")
 

@@ -4,7 +4,8 @@ Env: LKP_MARKERS (JSON-lines file for markers), LKP_AGENT_NAME, LKP_MODE (what t
 "connect", "connect_hold", "kill" = SIGKILL itself, "hold", "raise", "loop_block", "connect_stuck"), LKP_REQUEST ("accept" | "reject" | "slow"),
 LKP_LOAD / LKP_LOAD_THRESHOLD (worker load), LKP_IDLE (num_idle_processes), LKP_HOLD (seconds), LKP_EXECUTOR
 ("process" | "thread"), LKP_USER_PROVIDER=1 (the agent sets its own global SDK provider first), LKP_EXIT_CPU=1 (an
-"exit" marker with the job process's CPU time as it exits), LKP_PREWARM (seconds the prewarm function sleeps, default 0).
+"exit" marker with the job process's CPU time as it exits), LKP_MODE_BY_ROOM (JSON {room name: mode}: that room's job
+does that instead of LKP_MODE), LKP_PREWARM (seconds the prewarm function sleeps, default 0).
 """
 
 import asyncio
@@ -40,6 +41,7 @@ if os.environ.get("LKP_USER_PROVIDER") == "1":  # and hands it to livekit-agents
     set_tracer_provider(_user_provider)
 
 MODE = os.environ.get("LKP_MODE", "return")
+MODE_BY_ROOM: dict = json.loads(os.environ.get("LKP_MODE_BY_ROOM", "{}"))
 
 
 def mark(what: str, **data: object) -> None:
@@ -109,26 +111,27 @@ def prewarm(proc: object) -> None:
 
 async def entrypoint(ctx: JobContext) -> None:
     mark("entrypoint", job_id=ctx.job.id)
+    mode = MODE_BY_ROOM.get(ctx.job.room.name, MODE)  # this job's own
     if os.environ.get("LKP_EXIT_CPU") == "1":  # benchmarks: the job process's whole CPU time, read as it exits
         from multiprocessing import util
 
         util.Finalize(None, lambda j=ctx.job.id: mark("exit", job_id=j, cpu=time.process_time(),
                                                       native_cpu=_native_threads_cpu()), exitpriority=-100)
-    if MODE in ("connect", "connect_hold", "loop_block"):
+    if mode in ("connect", "connect_hold", "loop_block"):
         await ctx.connect()
         mark("connected", job_id=ctx.job.id, sid=ctx.room.local_participant.sid, cpu=time.process_time())
-    if MODE == "connect_stuck":  # the job ends while its connect is still pending (the double holds the upgrade)
+    if mode == "connect_stuck":  # the job ends while its connect is still pending (the double holds the upgrade)
         asyncio.ensure_future(ctx.connect())
         await asyncio.sleep(float(os.environ.get("LKP_HOLD", "1")))
         mark("giving_up", job_id=ctx.job.id)
-    if MODE == "loop_block":
+    if mode == "loop_block":
         await _block_the_loop_around_a_rust_watchdog_line()
-    if MODE == "kill":
+    if mode == "kill":
         mark("killing", job_id=ctx.job.id)
         os.kill(os.getpid(), signal.SIGKILL)
-    if MODE == "raise":
+    if mode == "raise":
         raise RuntimeError("entrypoint failed on purpose")
-    if MODE in ("hold", "connect_hold"):
+    if mode in ("hold", "connect_hold"):
         await asyncio.sleep(float(os.environ.get("LKP_HOLD", "2")))
     ctx.shutdown("done")
 
