@@ -86,8 +86,15 @@ def _etype(span: SpanRecord) -> str | None:
     return span.attributes.get(c.ERROR_TYPE)
 
 
+def _budget(span: SpanRecord) -> float | None:
+    """The span's phase budget; livekit-agents' own ``room_connect`` (1.8.2+) does what ``job.connect`` does and is
+    held to its budget."""
+    phase = "job.connect" if span.phase == "room_connect" else span.phase
+    return c.budget(phase) if phase in c.BY_NAME else None
+
+
 def _over_budget(span: SpanRecord) -> bool:
-    budget = c.budget(span.phase) if span.phase in c.BY_NAME else None
+    budget = _budget(span)
     return budget is not None and span.duration is not None and span.duration > budget
 
 
@@ -205,7 +212,7 @@ def _slow_connect(v: View) -> Match | None:
     for s in v.of(*CONNECT_PHASES):
         if s.error or _over_budget(s):
             what = f"failed ({_etype(s) or s.status_message[:80]}) after" if s.error else "took"
-            return Match(s, f"{s.phase} {what} {_s(s.duration)} (budget {_s(c.budget(s.phase))}); "
+            return Match(s, f"{s.phase} {what} {_s(s.duration)} (budget {_s(_budget(s))}); "
                             f"{len(v.of('rtc.attempt'))} engine attempt(s)", {s.phase: s.duration or 0.0})
     return None
 

@@ -76,3 +76,19 @@ def test_a_token_the_server_refuses_is_auth_failed(probe):
     assert about.start_ns == min(s.start_ns for s in spans if s.attributes.get("error.type") == "auth")
     assert f"{about.phase} at +" in first.evidence and "failed with error.type=auth" in first.evidence
     probe.wait_span(job_id, "finding", timeout=5, predicate=lambda s: s.parent_id == about.span_id)
+
+
+def test_a_connect_over_its_budget_in_a_job_is_slow_connect(probe):
+    # the signal upgrade held 3.5 s: under the SDK's 5 s limit, so one attempt that succeeds, slowly. On
+    # livekit-agents 1.8.2+ the connect span is agents' own room_connect (no budget of its own: job.connect's 3 s)
+    probe.double.faults.add("signal_upgrade_delay", delay=3.5, count=1)
+    probe.start_worker(LKP_MODE="connect")
+    job_id = probe.dispatch(room="room-slow")
+    probe.wait_span(job_id, "job", timeout=90)
+    spans = probe.trace(job_id)
+    (connect,) = [s for s in spans if s.phase in ("job.connect", "room_connect")]
+    assert not connect.error and 3.4 < connect.duration < 8, connect.duration
+    assert len(spans.phases("rtc.attempt")) == 1
+    (slow,) = [f for f in diagnose(spans) if f.code == "slow_connect"]
+    assert slow.span_id == connect.span_id
+    assert f"{connect.phase} took {connect.duration:.1f} s (budget 3.0 s)" in slow.evidence
