@@ -127,3 +127,43 @@ async def test_old_sdk_never_reads_a_silent_receivers_stats(lk_double, capspans,
     await asyncio.sleep(1.0)  # the process is still alive: nothing read the receiver's stats
     assert not spans.named("media.first_audio") and not capspans.spans.named("stall media.first_audio")
     assert "cannot read a track's RTP stats safely" in caplog.text
+
+
+@needs_stats
+async def test_own_first_published_audio(lk_double, capspans, connected):
+    from livekit import rtc
+
+    room, _ = await connected("agent-p", "media")
+    source = rtc.AudioSource(48000, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("agent-voice", source)
+    opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    pub = await room.local_participant.publish_track(track, opts)
+    frame = rtc.AudioFrame.create(48000, 1, 480)
+
+    async def feed():
+        while True:
+            await source.capture_frame(frame)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        spans = await wait_spans(capspans, _ended("media.publish"), timeout=10)
+    finally:
+        feeder.cancel()
+    published = spans.phase("media.publish")
+    assert not published.error and published.attributes["lk_probe.media.packets"] > 0
+    assert published.attributes["lk_probe.media.track_sid"] == pub.sid
+    assert published.attributes["lk_probe.media.track_source"] == "microphone" and published.duration < 2.0
+
+
+@needs_stats
+async def test_resume_episode_carries_the_time_until_audio_flowed_again(lk_double, capspans, connected):
+    await signal(lk_double, "add_caller", "media", "caller")
+    room, events = await connected("agent-r", "media")
+    await wait_spans(capspans, _ended("media.first_audio"), timeout=10)
+    await signal(lk_double, "send_leave", "agent-r", action="RESUME")
+    await events.wait("reconnected", timeout=30)
+    spans = await wait_spans(capspans, _ended("rtc.reconnect"), timeout=15)
+    (episode,) = spans.named("rtc.reconnect")
+    assert episode.attributes["lk_probe.outcome"] == "recovered"
+    after = episode.attributes["lk_probe.media.audio_resumed_after_s"]
+    assert 0 <= after < 2.0, after
