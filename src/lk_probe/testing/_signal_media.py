@@ -58,15 +58,10 @@ def _tone_track_class() -> type:
 
         kind = "audio"
 
-        def __init__(self, *, track_sid: str, hz: float, amplitude: float, no_rtp: bool,
-                     gap_after: float | None, gap: float | None, emit: Callable[..., None]) -> None:
+        def __init__(self, caller: Caller, emit: Callable[..., None]) -> None:
             super().__init__()
-            self._id = track_sid  # aiortc puts track.id in the msid's second half
-            self.hz = hz
-            self.amplitude = amplitude
-            self.no_rtp = no_rtp
-            self.gap_after = gap_after
-            self.gap = gap
+            self._id = caller.track_sid  # aiortc puts track.id in the msid's second half
+            self.caller = caller  # its tone and RTP faults
             self._emit = emit
             self._start: float | None = None
             self._pts = 0
@@ -79,25 +74,26 @@ def _tone_track_class() -> type:
 
             if self.readyState != "live":
                 raise MediaStreamError
+            caller = self.caller
             if self._start is None:
                 self._start = time.monotonic()
-                if self.no_rtp:
+                if caller.no_rtp:
                     self._emit("caller_rtp_withheld")
                     await asyncio.Event().wait()  # until the sender stops (cancelled)
                 self._emit("caller_rtp_started")
-            if self.gap_after is not None and not self._gapped and self._pts >= self.gap_after * RATE:
+            if caller.gap_after is not None and not self._gapped and self._pts >= caller.gap_after * RATE:
                 self._gapped = True
-                self._emit("caller_rtp_stopped", gap=self.gap)
-                if self.gap is None:
+                self._emit("caller_rtp_stopped", gap=caller.gap)
+                if caller.gap is None:
                     await asyncio.Event().wait()
-                await asyncio.sleep(self.gap)
-                self._pts += int(self.gap * RATE) // FRAME * FRAME
+                await asyncio.sleep(caller.gap)
+                self._pts += int(caller.gap * RATE) // FRAME * FRAME
                 self._emit("caller_rtp_resumed")
             wait = self._start + self._pts / RATE - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             n = np.arange(self._pts, self._pts + FRAME)
-            samples = (self.amplitude * 32767 * np.sin(2 * math.pi * self.hz * n / RATE)).astype(np.int16)
+            samples = (caller.amplitude * 32767 * np.sin(2 * math.pi * caller.hz * n / RATE)).astype(np.int16)
             frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = RATE
             frame.pts = self._pts
@@ -111,11 +107,11 @@ def _tone_track_class() -> type:
 _track_cls: type | None = None
 
 
-def new_tone_track(**kw: Any) -> Any:
+def new_tone_track(caller: Caller, emit: Callable[..., None]) -> Any:
     global _track_cls
     if _track_cls is None:
         _track_cls = _tone_track_class()
-    return _track_cls(**kw)
+    return _track_cls(caller, emit)
 
 
 @dataclass(eq=False)
@@ -171,8 +167,7 @@ def pending_tracks(svc: SignalService, p: SignalParticipant) -> list[tuple[Calle
         def emit(kind: str, _caller: Caller = caller, **data: Any) -> None:
             svc.record(kind, identity=_caller.identity, track=_caller.track_sid, to=p.identity, **data)
 
-        track = new_tone_track(track_sid=caller.track_sid, hz=caller.hz, amplitude=caller.amplitude,
-                               no_rtp=caller.no_rtp, gap_after=caller.gap_after, gap=caller.gap, emit=emit)
+        track = new_tone_track(caller, emit)
         out.append((caller, track))
     return out
 
