@@ -69,6 +69,9 @@ def test_a_normal_call_hears_the_caller_and_a_broken_session_says_so(probe):
     assert start.error and start.attributes["error.type"] == "RuntimeError"
     assert "failed to initialise" in start.status_message
     assert not sub.error  # joined and subscribed, but the session never started
+    finding = probe.wait_span(job_id, "finding", timeout=20)
+    assert finding.attributes["lk_probe.finding.code"] == "session_start_failed"
+    assert "never started listening" in finding.attributes["lk_probe.finding.summary"]
 
 
 @pytest.mark.skipif(not STATS, reason="silences are read from track stats (never on livekit 1.1.2)")
