@@ -456,9 +456,11 @@ PHASES: tuple[Phase, ...] = (
           "packets_received not increasing (track.get_stats, polled)",
           (MEDIA_TRACK_SID, MEDIA_TRACK_SOURCE, MEDIA_PACKETS, OUTCOME), budget=1.0),
     Phase("media.publish", None, _I, RTC,
-          "The agent's own first published audio track: from published to the first RTP packet sent.",
+          "The agent's own first published audio track: from published to the first RTP packet sent (outcome "
+          "nothing_sent when the room or job ended first: an agent that never spoke; no budget, since an agent "
+          "waits for the caller to speak first).",
           "local_track_published → packets_sent > 0 (track.get_stats, polled)",
-          (MEDIA_TRACK_SID, MEDIA_TRACK_SOURCE, MEDIA_PACKETS, OUTCOME), budget=2.0),
+          (MEDIA_TRACK_SID, MEDIA_TRACK_SOURCE, MEDIA_PACKETS, OUTCOME)),
     Phase("session.start", None, _I, JOB,
           "livekit-agents' AgentSession.start (plugins, RoomIO, the implicit connect): how long it took; an exception "
           "inside it is recorded here with its type.",

@@ -40,6 +40,7 @@ SESSION_MOD = "livekit.agents.voice.agent_session"
 
 POLL_FIRST = 0.05  # s between stats reads while a first packet is awaited
 POLL = 0.2  # s between stats reads otherwise
+FAST_FOR = 3.0  # s after a subscription (or the agent's publish) during which a first packet is read for often
 PACKET_S = 0.02  # an Opus packet's duration (20 ms frames), to place the end of a silence between two reads
 AUDIO_AFTER_MAX = 10.0  # s after a recovered episode that its end is held for inbound audio
 MAX_TRACKS = 8  # inbound audio tracks watched per room
@@ -151,6 +152,7 @@ class MediaWatch:
         self.first_track_sid: str | None = None
         self.local: Any = None  # the first local audio track while its first packet is awaited
         self.local_sid = ""
+        self.local_since = 0.0
         self.closed = False
         self._task: asyncio.Task[Any] | None = None
         self._held: Any = None  # a reconnect episode whose end waits for inbound audio
@@ -236,7 +238,7 @@ class MediaWatch:
     def _local_published(self, pub: Any, track: Any) -> None:
         if self.local_sid or not _is_audio(track) or not stats_readable():
             return
-        self.local, self.local_sid = track, pub.sid
+        self.local, self.local_sid, self.local_since = track, pub.sid, time.monotonic()
         self.rec.start("media.publish", K_PUBLISH, attributes={c.MEDIA_TRACK_SID: pub.sid,
                                                                c.MEDIA_TRACK_SOURCE: _name(pub.source, "SOURCE_")})
         self._ensure_task()
@@ -252,7 +254,10 @@ class MediaWatch:
 
     async def _run(self) -> None:
         while not self.closed:
-            waiting = self.local is not None or any(not i.got_first for i in self.inbound.values())
+            # read often only in the first seconds of waiting for a first packet (not forever for a silent track)
+            soon = time.monotonic() - FAST_FOR
+            waiting = (self.local is not None and self.local_since > soon) or any(
+                not i.got_first and i.last_mono > soon for i in self.inbound.values())
             await asyncio.sleep(POLL_FIRST if waiting else POLL)
             with guard("media.poll"):
                 await self._poll()
@@ -349,7 +354,9 @@ class MediaWatch:
             if inb.silent:
                 self.rec.end(_silence_key(inb.sid), t=t, attributes={c.OUTCOME: "disconnected",
                                                                      c.MEDIA_PACKETS: inb.packets})
-        for key in (K_WAIT, K_TRACK, K_SUBSCRIBE, K_FIRST, K_PUBLISH):
+        # an agent that never spoke sent nothing: that is no failure
+        self.rec.end(K_PUBLISH, t=t, attributes={c.OUTCOME: "nothing_sent"})
+        for key in (K_WAIT, K_TRACK, K_SUBSCRIBE, K_FIRST):
             self.rec.end(key, t=t, error_type=error_type, error_message=error_message)
         if self._held is not None:
             holds.release(self._held)
