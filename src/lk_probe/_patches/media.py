@@ -145,9 +145,12 @@ class _Inbound:
 class MediaWatch:
     """The media phases of one connected room. Owned by the job (closed at its end) or ended with the room."""
 
-    def __init__(self, room: Any, rec: Recorder) -> None:
+    def __init__(self, room: Any, room_rec: Recorder) -> None:
         self._room = weakref.ref(room)
-        self.rec = rec
+        # a recorder of its own, so that the room's events (a Leave, a watchdog line while simply connected) do not
+        # land on a long-open media phase; the room's recorder is where reconnect episodes are found
+        self.rec = Recorder(room_rec.default_parent, attributes=room_rec.attributes, label=room_rec.label)
+        self.room_rec = room_rec
         self.inbound: dict[str, _Inbound] = {}
         self.first_track_sid: str | None = None
         self.local: Any = None  # the first local audio track while its first packet is awaited
@@ -325,9 +328,9 @@ class MediaWatch:
         if self._held is None:
             if not self.inbound:
                 return
-            for key, phase, _ in self.rec.open_phases():
+            for key, phase, _ in self.room_rec.open_phases():
                 if phase == "rtc.reconnect":
-                    self._held = self.rec.span(key)
+                    self._held = self.room_rec.span(key)
                     holds.hold(self._held, 120.0)
                     break
             return
