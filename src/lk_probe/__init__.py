@@ -75,6 +75,11 @@ class LiveKitInstrumentor(BaseInstrumentor):
                 from ._patches import room
 
                 room.instrument()
+        if options.job_process and options.media and agents:
+            with guard("install.media"):  # AgentSession.start (the room's media phases come with Room.connect)
+                from ._patches import media
+
+                media.instrument()
         if options.api and _importable("livekit.api"):
             with guard("install.api"):
                 from ._patches import api

@@ -199,6 +199,19 @@ DISPATCH_JOINED_AFTER = _a("lk_probe.dispatch.joined_after_s", _FLOAT, "From the
                            "participant's join (the server's joined_at), in s.")
 DISPATCH_LISTED = _a("lk_probe.dispatch.listed", _BOOL, "ListDispatch ever listed the watched dispatch.")
 AGENT_IDENTITY = _a("lk.agent.identity", _STR, "The agent participant's identity (the job's participant identity).")
+# ---- media after the connect ----------------------------------------------------------------------------------------
+MEDIA_TRACK_SID = _a("lk_probe.media.track_sid", _STR, "The audio track's sid (TR_…).")
+MEDIA_TRACK_SOURCE = _a("lk_probe.media.track_source", _STR, "The track's source (microphone, screenshare_audio, "
+                        "unknown).")
+MEDIA_PARTICIPANT_SID = _a("lk_probe.media.participant_sid", _STR, "The remote participant's sid (PA_…).")
+MEDIA_PARTICIPANT_KIND = _a("lk_probe.media.participant_kind", _STR, "The remote participant's kind (standard, sip, "
+                            "agent …).")
+MEDIA_PRESENT_AT_CONNECT = _a("lk_probe.media.present_at_connect", _BOOL, "It was already there when the connect "
+                              "returned.")
+MEDIA_PACKETS = _a("lk_probe.media.packets", _INT, "RTP packets counted (received, or sent for the agent's own "
+                   "track) when the phase ended.")
+MEDIA_AUDIO_AFTER = _a("lk_probe.media.audio_resumed_after_s", _FLOAT, "On a recovered reconnect episode: from its "
+                       "end until inbound audio flowed again, in s (absent when none came within 10 s).")
 # ---- stall records ---------------------------------------------------------------------------------------------------
 STALL_PHASE = _a("lk_probe.stall.phase", _STR, "The phase that is still open.")
 STALL_ELAPSED = _a("lk_probe.stall.elapsed", _FLOAT, "How long it had been open, in s.")
@@ -455,8 +468,8 @@ PHASES: tuple[Phase, ...] = (
           "A reconnect episode: from the session close to recovered, gave up or disconnected.",
           "'received session close' → 'RtcEngine successfully recovered' | 'failed to reconnect'",
           ("lk_probe.reconnect.source", "lk_probe.reconnect.reason", "lk_probe.reconnect.action",
-           "lk_probe.reconnect.silent_since", "lk_probe.outcome", "lk_probe.disconnect_reason", "lk_probe.inferred", "lk_probe.inferred_from"),
-          budget=10.0),
+           "lk_probe.reconnect.silent_since", "lk_probe.outcome", "lk_probe.disconnect_reason", "lk_probe.inferred",
+           "lk_probe.inferred_from", MEDIA_AUDIO_AFTER), budget=10.0),
     Phase("rtc.reconnect.attempt", "rtc.reconnect", _I, RTC,
           "One resume or full-reconnect (restart) attempt.",
           "'resuming|restarting connection... attempt: N' → next attempt | recovered | failed",
@@ -465,6 +478,45 @@ PHASES: tuple[Phase, ...] = (
     Phase("rtc.reconnect.backoff", "rtc.reconnect", _I, RTC,
           "The wait between two reconnect attempts.",
           "gap between attempt records", ("lk_probe.retry_now",), budget=None),
+    # ---- after the connect: media -----------------------------------------------------------------------
+    Phase("media.participant_wait", None, _I, RTC,
+          "From the connect to the first remote participant (the caller) in the room; zero-length when it was "
+          "already there.",
+          "Room.connect → participant_connected",
+          (MEDIA_PARTICIPANT_SID, MEDIA_PARTICIPANT_KIND, MEDIA_PRESENT_AT_CONNECT, OUTCOME), budget=10.0),
+    Phase("media.track_wait", None, _I, RTC,
+          "From the first remote participant in the room to the first remote audio track published (zero-length "
+          "when it was already published at the connect). Stays open, and stalls, while the caller publishes "
+          "nothing.",
+          "participant_connected → track_published",
+          (MEDIA_PARTICIPANT_SID, MEDIA_TRACK_SID, MEDIA_PRESENT_AT_CONNECT, OUTCOME), budget=5.0),
+    Phase("media.subscribe", None, _I, RTC,
+          "The first remote audio track: from published (or the connect, when it was already published) to "
+          "subscribed.",
+          "track_published → track_subscribed",
+          (MEDIA_TRACK_SID, MEDIA_TRACK_SOURCE, MEDIA_PARTICIPANT_SID, MEDIA_PRESENT_AT_CONNECT, OUTCOME), budget=2.0),
+    Phase("media.first_audio", None, _I, RTC,
+          "From that track's subscription to the first inbound RTP packet (the receiver's stats; frames prove "
+          "nothing: the SDK yields silence without RTP). Stays open, and stalls, while no RTP comes.",
+          "track_subscribed → packets_received > 0 (track.get_stats, polled)",
+          (MEDIA_TRACK_SID, MEDIA_TRACK_SOURCE, MEDIA_PACKETS, OUTCOME), budget=2.0),
+    Phase("media.silence", None, _I, RTC,
+          "A subscribed audio track whose inbound RTP stopped (or never started) while the room is connected, for "
+          "longer than the budget: opened back-dated to the last packet, so its stall record is exported at once "
+          "while the silence lasts; ends when packets come again (outcome resumed) or the room goes.",
+          "packets_received not increasing (track.get_stats, polled)",
+          (MEDIA_TRACK_SID, MEDIA_TRACK_SOURCE, MEDIA_PACKETS, OUTCOME), budget=1.0),
+    Phase("media.publish", None, _I, RTC,
+          "The agent's own first published audio track: from published to the first RTP packet sent (outcome "
+          "nothing_sent when the room or job ended first: an agent that never spoke; no budget, since an agent "
+          "waits for the caller to speak first).",
+          "local_track_published → packets_sent > 0 (track.get_stats, polled)",
+          (MEDIA_TRACK_SID, MEDIA_TRACK_SOURCE, MEDIA_PACKETS, OUTCOME)),
+    Phase("session.start", None, _I, JOB,
+          "livekit-agents' AgentSession.start (plugins, RoomIO, the implicit connect): how long it took; an exception "
+          "inside it is recorded here with its type.",
+          "AgentSession.start",
+          (OUTCOME, ERROR_TYPE), budget=5.0),
     # ---- the dispatching side: livekit.api calls and the dispatch watch ---------------------------------
     Phase("dispatch.create", None, _C, DISPATCHER,
           "AgentDispatchService.CreateDispatch. On success the span is the root of the dispatch's trace (ids derived "

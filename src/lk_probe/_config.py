@@ -32,6 +32,10 @@ DOCS: dict[str, tuple[str, str]] = {
     "ice_stats": ("LK_PROBE_ICE_STATS",
                   "After a successful connect, read the selected ICE candidate pair of each peer connection "
                   "(get_rtc_stats(), off the critical path) onto the connect span."),
+    "media": ("LK_PROBE_MEDIA",
+              "After a successful connect, follow the room's media: the first remote participant, the first remote "
+              "audio track subscribed and its first RTP, silences of inbound audio, the agent's first published "
+              "audio (track stats read a few times a second; nothing per frame), and AgentSession.start."),
     "api": ("LK_PROBE_API", "Trace the dispatching side's livekit.api calls (CreateDispatch, ListDispatch, "
             "DeleteDispatch, CreateRoom) as CLIENT spans; works without livekit-agents."),
     "dispatch_watch": ("LK_PROBE_DISPATCH_WATCH",
@@ -53,6 +57,7 @@ class Options:
     stall_records: bool = True
     capture_rust_debug: bool = True
     ice_stats: bool = True
+    media: bool = True
     api: bool = True
     dispatch_watch: float = 0.0
 

@@ -402,6 +402,33 @@ def _reconnect_failed(v: View) -> Match | None:
     return Match(eps[0], _episode_story(v, eps[0]), {"rtc.reconnect": eps[0].duration or 0.0}) if eps else None
 
 
+# ------------------------------------------------------------------------------------------------ media
+
+
+def _session_start_failed(v: View) -> Match | None:
+    for s in v.of("session.start"):
+        if s.error:
+            why = _etype(s) or "an exception"
+            return Match(s, f"session.start ended {why} after {_s(s.duration)} at {v.at(s.end_ns or s.start_ns)}: "
+                            f"{s.status_message or why}", {"session.start": s.duration or 0.0}, {"why": why})
+    return None
+
+
+# a participant that publishes no audio may be a data-only client: no finding on media.track_wait alone
+_MEDIA_STAGES = (("media.subscribe", "the caller's audio track was published but the agent's subscription never "
+                                     "completed"),
+                 ("media.first_audio", "the agent subscribed to the caller's audio track but no RTP ever arrived"))
+
+
+def _caller_not_heard(v: View) -> Match | None:
+    for phase, detail in _MEDIA_STAGES:
+        for s in v.of(phase):
+            if s.error:
+                return Match(s, f"{phase} ended {_etype(s)} after {_s(s.duration)} (still open when it ended)",
+                             {phase: s.duration or 0.0}, {"detail": detail})
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ the table
 
 
@@ -488,6 +515,17 @@ RULES: tuple[Rule, ...] = (
          "blocking Python code, not the network, held up the room's signalling.",
          "CPU-bound or blocking calls in the entrypoint and callbacks (run them in a thread or executor), the "
          "process's CPU share.", WHY, _loop_blocked),
+    Rule("session_start_failed", "The session never started",
+         "`session.start` (livekit-agents' `AgentSession.start`) ended in error",
+         "The agent joined the room but its session never started: AgentSession.start raised {why}, so the agent "
+         "never started listening.",
+         "the exception on session.start (type and message); the plugins (STT, LLM, TTS, VAD) start with the session: "
+         "their credentials, models and network access.", WHY, _session_start_failed),
+    Rule("caller_not_heard", "The caller's audio never reached the agent",
+         "`media.subscribe` or `media.first_audio` still open (ERROR) when the room or the job ended",
+         "The agent was in the room but never heard the caller: {detail}.",
+         "the caller's side (microphone permission, a muted or failed publish), the track's subscription (auto "
+         "subscribe, permissions) and UDP between the media server and the agent.", WHY, _caller_not_heard),
     Rule("process_killed", "Job process killed",
          "`job.process` ends killed or failed (`process.exit.code`, `lk_probe.kill_cause`, `lk_probe.signal`)",
          "The job process died before the job finished: {why}.",

@@ -55,8 +55,13 @@ class JobScope:
         """The same job (same recorder, same rooms) seen from inside a ``JobContext.connect`` call."""
         return dataclasses.replace(self, connect=connect)
 
-    def own(self, room: OwnedRoom) -> None:
-        self.rooms.append(room)
+    def own(self, room: OwnedRoom, *, first: bool = False) -> None:
+        """``first``: closed before what the job already owns (media phases end with their own outcome before the
+        room's recorder ends everything left open)."""
+        if first:
+            self.rooms.insert(0, room)
+        else:
+            self.rooms.append(room)
 
     def close(self, *, error_type: str = c.ERR_INCOMPLETE, error_message: str = "still open when the job ended") \
             -> None:

@@ -91,7 +91,7 @@ def attach(provider: Any) -> None:
 
 def needs_a_verdict(spans: Any) -> bool:
     """Whether the job had something to explain: a slow or failed join, a failed reconnect episode, a dead
-    process, an assignment that never came."""
+    process, an assignment that never came, a session that never started, a caller's audio that never arrived."""
     for s in spans:
         if s.phase in CONNECT_PHASES and (s.error or _over(s)):
             return True
@@ -102,6 +102,8 @@ def needs_a_verdict(spans: Any) -> bool:
         if s.phase == "job.process" and s.attributes.get(c.OUTCOME) in ("killed", "failed"):
             return True
         if s.phase == "job.assignment" and s.attributes.get(c.ERROR_TYPE) == "assignment_timeout":
+            return True
+        if s.phase in ("session.start", "media.subscribe", "media.first_audio") and s.error:
             return True
     return False
 

@@ -29,11 +29,12 @@ class Probe:
         self.worker: Any = None
         self.dispatch_of: dict[str, str] = {}  # job id -> its dispatch id
 
-    def start_worker(self, agent_name: str = "probe", url: str | None = None, **env: str) -> Any:
-        """``url``: the LiveKit URL the worker uses (default: the double's), e.g. a *.livekit.cloud name."""
+    def start_worker(self, agent_name: str = "probe", url: str | None = None, agent: Path = AGENT, **env: str) -> Any:
+        """``url``: the LiveKit URL the worker uses (default: the double's), e.g. a *.livekit.cloud name; ``agent``:
+        the agent file (default: probe_agent.py)."""
         full = {**self.otlp_env, "LKP_MARKERS": str(self.markers_path), "OTEL_SERVICE_NAME": "probe-agent", **env}
         where = {"double_or_url": url} if url else {}
-        self.worker = self._agent_worker(AGENT, agent_name=agent_name, env=full, log_path=self.log_path, **where)
+        self.worker = self._agent_worker(agent, agent_name=agent_name, env=full, log_path=self.log_path, **where)
         self.worker.wait_registered(60)
         return self.worker
 

@@ -106,6 +106,7 @@ def _warm_up() -> None:
     _provider.tracer()
     attach_processors(_provider.provider())
     from .._rust import machine  # noqa: F401  (imported by the first Room.connect otherwise)
+    from . import media  # noqa: F401  (likewise, once the connect succeeded)
 
 
 def _pool_init(wrapped, instance, args, kwargs):

@@ -161,6 +161,11 @@ def _finish(room: Any, rt: RoomTrace, error: BaseException | None) -> None:
         rt.recorder.set_default_parent(rt.session_ctx)
         if rt.machine is not None:
             _listen(room, rt)
+        if _provider.options().media:
+            with guard("room.media"):
+                from . import media
+
+                media.watch(room, rt.recorder)
     else:
         rt.closed = True
 
@@ -326,6 +331,10 @@ def uninstrument() -> None:
     with _lock:
         for _, rt in _rooms:  # Room.on listeners stay registered but go quiet (they check this flag)
             rt.closed = True
+    with guard("room.media_uninstall"):
+        from . import media
+
+        media.close_all()
     with guard("room.bridge_uninstall"):
         try:
             from .._rust import bridge

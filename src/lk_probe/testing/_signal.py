@@ -23,6 +23,7 @@ lifecycle (join announcements, removal, Leave) and shutdown. The parts it is mad
 - ``_signal_http``: validate and the region list;
 - ``_signal_relay``: data packets between participants;
 - ``_signal_actions``: the fault actions a test runs (methods of the service);
+- ``_signal_media``: simulated callers publishing a tone to the others (``add_caller``, media faults);
 - ``_signal_participant``: :class:`SignalParticipant` (``ParticipantState.session``, survives signal reconnects) and
   the signal connection.
 
@@ -40,7 +41,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 from livekit.protocol import models, rtc
 
-from . import _signal_actions, _webrtc
+from . import _signal_actions, _signal_media, _webrtc
 from ._core import Fault, ServerDouble, server_info
 from ._signal_http import HttpEndpoints
 from ._signal_participant import SignalConn, SignalParticipant
@@ -73,6 +74,7 @@ FAULTS: dict[str, str] = {
     "refuse_rejoin": "refuse a full rejoin (fresh join of an identity that was in the room before) with HTTP "
                      "`status` (default 503); count=None means the client never recovers",
     "region_hang": "never answer GET /settings/regions",
+    **_signal_media.FAULTS,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -100,6 +102,10 @@ class SignalService:
     leave_participant = _signal_actions.leave_participant
     abort_signal = _signal_actions.abort_signal
     lose_node = _signal_actions.lose_node
+    # simulated callers (see _signal_media): add_caller(room, identity, hz=…), publish(caller), remove_caller(…)
+    add_caller = _signal_media.add_caller
+    publish = _signal_media.publish
+    remove_caller = _signal_media.remove_caller
 
     def __init__(self, double: ServerDouble) -> None:
         self.double = double
@@ -110,6 +116,7 @@ class SignalService:
         self.hang_max = 120.0  # upper bound of every "hang" fault
         self.max_msg_size = double.max_message_size  # larger signal messages: closed with 1009
         self.participants: dict[str, SignalParticipant] = {}  # by sid
+        self.callers: dict[str, list[_signal_media.Caller]] = {}  # simulated callers by room name
         self.conns: set[SignalConn] = set()  # open signal sockets
         self.peers_created: list[_webrtc.ServerPeer] = []  # every aiortc peer, for leak checks
         self.closing = asyncio.Event()
@@ -233,6 +240,7 @@ class SignalService:
             return
         self.closed = True
         self.closing.set()
+        self.callers.clear()
         for p in list(self.participants.values()):
             p.cancel_departure()
         for conn in list(self.conns):

@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
+from . import _signal_media as _media
 from . import _webrtc
 from ._core import new_sid, room_proto
 from ._signal_participant import SignalConn, SignalParticipant
@@ -135,7 +136,8 @@ class SignalSessions:
         conn.participant = p
         jr = rtc.JoinResponse(
             room=room_proto(room), participant=p.info(models.ParticipantInfo.JOINED),
-            other_participants=[q.info() for q in svc.others(p)], server_version=svc.double.version,
+            other_participants=[q.info() for q in svc.others(p)] + _media.caller_infos(svc, room.name),
+            server_version=svc.double.version,
             subscriber_primary=p.subscriber_primary, server_region=svc.double.region,
             ping_timeout=int(svc.ping_timeout), ping_interval=int(svc.ping_interval), server_info=svc.server_info(),
             fast_publish=False)
@@ -179,9 +181,9 @@ class SignalSessions:
         await conn.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
             server_info=svc.server_info(), last_message_seq=p.last_seq)))
         svc.record("reconnect_response", identity=identity, sid=p.sid, room=p.room.name, path=conn.path)
-        others = svc.others(p)
+        others = [q.info() for q in svc.others(p)] + _media.caller_infos(svc, p.room.name)
         if others:
-            await conn.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[q.info() for q in others])))
+            await conn.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=others)))
         if req.offer_sdp:
             try:
                 await self._answer_offer(p, req.offer_sdp, req.offer_id)
@@ -356,18 +358,33 @@ class SignalSessions:
             return
         if p.pub is None:
             p.pub = self._new_peer(p, "publisher")
-        answer = await p.pub.answer(sdp, open_channels=p.single_pc)
+        pending = _media.pending_tracks(self.svc, p) if p.single_pc else []
+        answer, mids = await p.pub.answer(sdp, open_channels=p.single_pc,
+                                          send=[(caller.stream_id, track) for caller, track in pending])
         if p.closed or p.conn is None:
             return
-        await p.conn.send(rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=answer, id=offer_id)))
+        await p.conn.send(rtc.SignalResponse(answer=rtc.SessionDescription(
+            type="answer", sdp=answer, id=offer_id, mid_to_track_id=p.pub.mid_to_track_id)))
         self.svc.record("answer_sent", identity=p.identity, sid=p.sid, pc=p.pub.name)
+        _media.delivered(self.svc, p, [(caller, mid) for (caller, _), mid in zip(pending, mids) if mid], p.pub.name)
+        if any(mid is None for mid in mids):  # the offer had no free audio m-line: ask for one
+            await _media.offer_pending(self.svc, p)
 
     async def _offer_subscriber(self, p: SignalParticipant) -> None:
         if p.sub is not None or p.closed:
             return
         p.sub = self._new_peer(p, "subscriber")
-        sdp = await p.sub.offer()
+        await self.reoffer_subscriber(p)
+
+    async def reoffer_subscriber(self, p: SignalParticipant) -> None:
+        """Offer the subscriber PC (again), with the caller tracks ``p`` does not have yet."""
+        if p.sub is None or p.closed:
+            return
+        pending = _media.pending_tracks(self.svc, p)
+        sdp, mids = await p.sub.offer(send=[(caller.stream_id, track) for caller, track in pending])
         if p.closed or p.conn is None:
             return
-        await p.conn.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=sdp)))
+        await p.conn.send(rtc.SignalResponse(offer=rtc.SessionDescription(
+            type="offer", sdp=sdp, mid_to_track_id=p.sub.mid_to_track_id)))
         self.svc.record("offer_sent", identity=p.identity, sid=p.sid, pc=p.sub.name)
+        _media.delivered(self.svc, p, [(caller, mid) for (caller, _), mid in zip(pending, mids)], p.sub.name)

@@ -8,7 +8,9 @@ What this module adds on top of aiortc / aioice:
   built with ``allow_non_loopback``; the switch is process-wide because aioice is patched process-wide);
 - an ICE-restart shim: aiortc ignores new remote ICE credentials, so on an offer with a new ``a=ice-ufrag`` the
   aioice connection's remote username/password are swapped (our own credentials stay; libwebrtc accepts that);
-- candidate stripping for the ``ice_never`` fault and trickle buffering until the remote description is set.
+- candidate stripping for the ``ice_never`` fault and trickle buffering until the remote description is set;
+- sending media (a simulated caller's track): placed on a ``recvonly`` audio m-line of a client offer, or added to a
+  server offer, with the msid ``<participant sid>|<track sid> <track sid>`` livekit clients resolve it by.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import re
 from typing import Any, Callable
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 log = logging.getLogger("lk_probe.testing.webrtc")
@@ -157,7 +159,10 @@ class ServerPeer:
         self.strip_local_candidates = strip_local_candidates
         self.ignore_remote_candidates = (strip_local_candidates if ignore_remote_candidates is None
                                          else ignore_remote_candidates)
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # a server offer bundles everything on one transport, so media shares the data channels' ICE/DTLS
+        bundle = RTCBundlePolicy.MAX_BUNDLE if role == "subscriber" else RTCBundlePolicy.BALANCED
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=bundle))
+        self.mid_to_track_id: dict[str, str] = {}  # the media we send, by m-line
         self.channels: dict[str, Any] = {}  # server-created channels by label
         self.remote_channels: dict[str, Any] = {}  # client-created channels by label
         self._on_state = on_state
@@ -234,8 +239,11 @@ class ServerPeer:
             out[id(ice)] = ice
         return list(out.values())
 
-    async def answer(self, offer_sdp: str, *, open_channels: bool = False) -> str:
-        """Apply a client offer (initial, renegotiation or ICE restart); return our answer SDP."""
+    async def answer(self, offer_sdp: str, *, open_channels: bool = False,
+                     send: list[tuple[str, Any]] = ()) -> tuple[str, list[str | None]]:
+        """Apply a client offer (initial, renegotiation or ICE restart); return our answer SDP and, for each
+        ``(stream id, track)`` in ``send``, the mid of the offered ``recvonly`` audio m-line it was placed on (None:
+        no free m-line)."""
         async with self._lock:
             self._check_open()
             ufrag, pwd = ice_credentials(offer_sdp)
@@ -247,9 +255,22 @@ class ServerPeer:
                 self._remote_ufrag = ufrag
             if open_channels:
                 self.open_data_channels()
+            mids = [self._place(stream_id, track) for stream_id, track in send]
             await self.pc.setLocalDescription(await self.pc.createAnswer())
             await self._flush_pending()
-            return self._local_sdp()
+            return self._local_sdp(), mids
+
+    def _place(self, stream_id: str, track: Any) -> str | None:
+        """Send ``track`` on a free audio m-line the client offered to receive on."""
+        for t in self.pc.getTransceivers():
+            if (t.kind == track.kind and t.mid is not None and t.mid not in self.mid_to_track_id
+                    and t._offerDirection == "sendonly" and t.sender.track is None):
+                t.direction = "sendonly"
+                t.sender.replaceTrack(track)
+                t.sender._stream_id = stream_id  # aiortc has no public way to name the msid's stream
+                self.mid_to_track_id[t.mid] = track.id
+                return t.mid
+        return None
 
     def _apply_restart(self, ufrag: str | None, pwd: str | None) -> None:
         old = self._remote_ufrag or ""
@@ -260,12 +281,22 @@ class ServerPeer:
                 conn.remote_password = pwd
         self._on_ice_restart(old, ufrag or "")
 
-    async def offer(self) -> str:
+    async def offer(self, send: list[tuple[str, Any]] = ()) -> tuple[str, list[str | None]]:
+        """Our offer (first or renegotiation), with a ``sendonly`` m-line for each ``(stream id, track)`` in
+        ``send``; returns the SDP and those m-lines' mids."""
         async with self._lock:
             self._check_open()
+            added = []
+            for stream_id, track in send:  # first, so that the data channels bundle onto the media transport
+                t = self.pc.addTransceiver(track, direction="sendonly")
+                t.sender._stream_id = stream_id
+                added.append(t)
             self.open_data_channels()
             await self.pc.setLocalDescription(await self.pc.createOffer())
-            return self._local_sdp()
+            mids = [t.mid for t in added]
+            for t in added:
+                self.mid_to_track_id[t.mid] = t.sender.track.id
+            return self._local_sdp(), mids
 
     async def set_answer(self, answer_sdp: str) -> None:
         async with self._lock:
