@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import lk_probe
 from lk_probe import _catalogue, _config, _ids, _patching, _provider
-from lk_probe._recorder import Recorder
+from lk_probe._recorder import Recorder, _watchdog
 from lk_probe._redact import clean as redact
 from lk_probe.spans import SpanSet
 
@@ -172,6 +172,28 @@ def test_budget_crossing_exports_a_stall_record_while_the_phase_is_open(memory_p
     assert abs(first.duration - first.attributes["lk_probe.stall.elapsed"]) < 0.05
     assert first.end < sig.end  # exported before the phase ended
     assert any("rtc.signal of job AJ_stall still open" in r.getMessage() for r in caplog.records)
+
+
+def _switches(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+
+
+def test_the_watchdog_sleeps_while_no_budget_is_open(memory_provider, monkeypatch):
+    provider, exporter = memory_provider
+    monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "0.05")
+    lk_probe.install(tracer_provider=provider)
+    rec = Recorder(None)
+    rec.start("rtc.signal", "sig")
+    time.sleep(0.15)
+    rec.end("sig")
+    assert SpanSet(exporter.get_finished_spans()).phases("stall")  # it was awake while the budget was open
+    time.sleep(0.3)  # the ended phase's next deadline (4× the budget) passes, void
+    thread = _watchdog._thread
+    before = _switches(thread.native_id)
+    time.sleep(0.6)
+    # a thread polling every 50 ms would have woken a dozen times
+    assert _switches(thread.native_id) - before <= 2
 
 
 def test_stall_records_can_be_switched_off(memory_provider, monkeypatch):
