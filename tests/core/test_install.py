@@ -91,7 +91,7 @@ def test_malformed_env_option_is_ignored_with_one_warning(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="lk_probe"):
         opts = _config.resolve()
         _config.resolve()
-    assert opts.schedule_delay_ms == 500
+    assert opts.schedule_delay_ms == 1000
     assert sum("LK_PROBE_SCHEDULE_DELAY_MS" in r.getMessage() for r in caplog.records) == 1
 
 

@@ -336,14 +336,12 @@ async def _exec_supervise(wrapped, instance, args, kwargs):
     try:
         return await wrapped(*args, **kwargs)
     finally:
-        jt = None
+        # the job's last spans go with the batch processor's next export (within its delay): the worker lives on,
+        # and a flush here would be one more export request per job
         with guard("worker.process_end"):
             jt = _job_of.get(instance)
             if jt is not None:
                 _on_process_end(jt, instance)
-        if jt is not None:
-            with guard("worker.flush"):
-                _provider.flush_soon()  # in its own daemon thread: the worker's loop and executor never wait
 
 
 def _on_process_end(jt: _JobTrace, proc: Any) -> None:
