@@ -27,6 +27,20 @@ def directory() -> str:
     return os.environ.get("LK_PROBE_JOURNAL_DIR") or os.path.join(tempfile.gettempdir(), f"lk_probe-{os.getuid()}")
 
 
+_checked: set[str] = set()  # directories made and found private in this process
+
+
+def check_directory(d: str) -> None:
+    """Make ``d`` (mode 0700) and make sure it is this user's and private; once per directory and process."""
+    if d in _checked:
+        return
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{d} is not a private directory of this user; no crash journal")
+    _checked.add(d)
+
+
 def path_for(job_id: str, pid: int) -> str:
     safe = "".join(c for c in job_id if c.isalnum() or c in "_-")[:64] or "job"
     return os.path.join(directory(), f"{safe}.{pid}.jsonl")
@@ -34,11 +48,7 @@ def path_for(job_id: str, pid: int) -> str:
 
 class Journal:
     def __init__(self, path: str) -> None:
-        d = os.path.dirname(path)
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        st = os.lstat(d)
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise PermissionError(f"{d} is not a private directory of this user; no crash journal")
+        check_directory(os.path.dirname(path))
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         self._size = 0

@@ -336,15 +336,23 @@ class _Watchdog:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
+    def start(self) -> None:
+        """Start the thread now (a job process's prewarm) rather than with the first deadline."""
+        with self._cond:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lk_probe-watchdog", daemon=True)
+            self._thread.start()
+
     def arm(self, when: float, rec: Recorder | None = None, o: _Open | None = None) -> None:
         entry = (when, next(self._seq), weakref.ref(o) if o is not None else None,
                  weakref.ref(rec) if rec is not None else None)
         with self._cond:
             heapq.heappush(self._heap, entry)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lk_probe-watchdog", daemon=True)
-                self._thread.start()
-            elif self._heap[0] is entry:  # earlier than what the thread sleeps for
+            self._start()
+            if self._heap[0] is entry:  # earlier than what the thread sleeps for
                 self._cond.notify()
 
     def _drop_void(self) -> None:

@@ -287,3 +287,18 @@ def test_nothing_is_recorded_or_built_after_uninstall(memory_provider, monkeypat
     assert exporter.get_finished_spans() == ()
     assert _provider.current() is None  # no provider was built from OTEL_* (nor made global)
     assert trace.get_tracer_provider() is global_before
+
+
+def test_the_job_process_prewarm_starts_what_a_job_would_start_first(install_from_env, monkeypatch, tmp_path):
+    """The watchdog thread, the phase metrics and the journal's directory are ready before the job starts: a thread
+    start waits for the new thread to run, which on a busy machine took milliseconds between the job's start and its
+    entrypoint."""
+    from lk_probe import _journal, _recorder
+    from lk_probe._patches import job
+
+    fresh = _recorder._Watchdog()
+    monkeypatch.setattr(_recorder, "_watchdog", fresh)
+    install_from_env(OTEL_TRACES_EXPORTER="none", LK_PROBE_JOURNAL_DIR=str(tmp_path / "journal"))
+    job._warm_up()
+    assert fresh._thread is not None and fresh._thread.is_alive()
+    assert str(tmp_path / "journal") in _journal._checked
