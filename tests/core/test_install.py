@@ -302,3 +302,21 @@ def test_the_job_process_prewarm_starts_what_a_job_would_start_first(install_fro
     job._warm_up()
     assert fresh._thread is not None and fresh._thread.is_alive()
     assert str(tmp_path / "journal") in _journal._checked
+
+
+def test_the_engine_bridge_s_attributes_are_redacted_once(memory_provider, monkeypatch):
+    """The Rust bridge's sink cleans what the machine emits; the Recorder behind it does not clean it again."""
+    from lk_probe import _redact
+    from lk_probe._rust.out import Out
+
+    provider, exporter = memory_provider
+    lk_probe.install(tracer_provider=provider)
+    cleaned = []
+    real = _redact.clean
+    monkeypatch.setattr(_redact, "clean", lambda text, *a, **k: cleaned.append(text) or real(text, *a, **k))
+    out = Out(Recorder(None))
+    out.start("rtc.reconnect", "r", time.time_ns(), {"lk_probe.reconnect.reason": "ws://h:1/rtc?access_token=x"})
+    out.end("r", time.time_ns(), attrs={"lk_probe.leave.reason": "closed"})
+    assert sorted(cleaned) == ["closed", "ws://h:1/rtc?access_token=x"]  # each once
+    span = SpanSet(exporter.get_finished_spans()).phase("rtc.reconnect")
+    assert span.attributes["lk_probe.reconnect.reason"] == "ws://h:1/rtc"
