@@ -19,6 +19,9 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
+# one encoder for every line (json.dumps with options builds a new one per call)
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
 MAX_BYTES = 1 << 20  # a journal never grows past 1 MiB (phases, not records, are journaled)
 
 
@@ -55,10 +58,12 @@ class Journal:
         self._lock = threading.Lock()
 
     def _write(self, obj: dict[str, Any]) -> None:
-        data = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
+        self._append((_encode(obj) + "\n").encode())
+
+    def _append(self, data: bytes, end: bool = False) -> None:
         with self._lock:
             # past the cap only end records are written, so that nothing already exported is ever re-exported
-            if self._fd < 0 or (self._size + len(data) > MAX_BYTES and obj.get("op") != "e"):
+            if self._fd < 0 or (self._size + len(data) > MAX_BYTES and not end):
                 return
             os.write(self._fd, data)
             self._size += len(data)
@@ -79,7 +84,7 @@ class Journal:
     def ended(self, span: Any) -> None:
         sc = span.get_span_context()
         if sc.is_valid:
-            self._write({"op": "e", "sid": format(sc.span_id, "016x")})
+            self._append(b'{"op":"e","sid":"%016x"}\n' % sc.span_id, end=True)  # the line _write would make
 
     def attributes(self, span: Any, attributes: dict[str, Any]) -> None:
         """Attributes set on an open span after it started: merged into the span if the process dies."""
