@@ -32,9 +32,10 @@ __all__ = ["LiveKitInstrumentor", "install", "uninstall", "flush", "installed", 
 
 
 def _instrument(**kwargs: Any) -> None:
-    from . import _config, _provider, _recorder
+    from . import _config, _errors, _provider, _recorder
     from ._errors import guard
 
+    _errors.read_environment()
     provider = kwargs.pop("tracer_provider", None)
     kwargs.pop("skip_dep_check", None)
     options = _config.resolve(**kwargs)
