@@ -320,3 +320,16 @@ def test_the_engine_bridge_s_attributes_are_redacted_once(memory_provider, monke
     assert sorted(cleaned) == ["closed", "ws://h:1/rtc?access_token=x"]  # each once
     span = SpanSet(exporter.get_finished_spans()).phase("rtc.reconnect")
     assert span.attributes["lk_probe.reconnect.reason"] == "ws://h:1/rtc"
+
+
+def test_a_held_span_is_released_after_its_timeout_without_stall_records(memory_provider):
+    from lk_probe._recorder import holds
+
+    provider, exporter = memory_provider
+    lk_probe.install(tracer_provider=provider, stall_records=False)
+    span = provider.get_tracer("t").start_span("held")
+    holds.hold(span, 0.1)
+    holds.end(span)
+    assert not exporter.get_finished_spans()  # held
+    time.sleep(0.4)
+    assert [s.name for s in exporter.get_finished_spans()] == ["held"]  # released by the watchdog at the timeout
