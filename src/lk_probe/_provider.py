@@ -250,6 +250,13 @@ def sampled_root(trace_id: int, name: str = "job") -> bool:
         return True
 
 
+def flush_soon(timeout_s: float | None = None) -> threading.Thread:
+    """Flush in a daemon thread of its own and return at once (the thread is returned for tests to join)."""
+    th = threading.Thread(target=flush, args=(timeout_s,), name="lk_probe-flush-soon", daemon=True)
+    th.start()
+    return th
+
+
 async def flush_async(timeout_s: float | None = None) -> bool:
     """Await a bounded flush without occupying the event loop's default executor."""
     import asyncio
