@@ -22,6 +22,10 @@ import sys
 import threading
 from typing import Any, Collection
 
+# imported with lk_probe, although only LiveKitInstrumentor needs it: measured, a job process forked from a forkserver
+# that had not imported it spent ~50 ms more CPU before its connect (it is then imported in each child instead)
+import opentelemetry.instrumentation.instrumentor  # noqa: F401,E402
+
 from .version import __version__
 
 log = logging.getLogger("lk_probe")
