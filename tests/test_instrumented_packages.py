@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import sys
+import types
 
 import pytest
 from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
@@ -17,7 +18,8 @@ from lk_probe import _errors, _patching, package
 
 @pytest.fixture
 def versions(monkeypatch):
-    """``versions(**{"livekit-agents": "1.9.0"})``: what importlib.metadata reports as installed (nothing else is)."""
+    """``versions(**{"livekit-agents": "1.9.0"})``: what importlib.metadata and the imported modules report as
+    installed (nothing else is)."""
     _errors.reset_for_tests()
 
     def fake(installed: dict[str, str]) -> None:
@@ -27,6 +29,10 @@ def versions(monkeypatch):
             return installed[dist]
 
         monkeypatch.setattr(importlib.metadata, "version", version)
+        # the check reads an imported module's __version__ first: the same versions there (None: not imported)
+        for dist, module in lk_probe._VERSION_MODULES.items():
+            monkeypatch.setitem(sys.modules, module,
+                                types.SimpleNamespace(__version__=installed[dist]) if dist in installed else None)
 
     yield lambda **installed: fake(installed)
     _errors.reset_for_tests()
@@ -86,3 +92,29 @@ def test_a_part_whose_package_is_missing_is_skipped_quietly(monkeypatch, caplog,
     finally:
         lk_probe.uninstall()
         provider.shutdown()
+
+
+def test_the_version_check_reads_the_imported_module_first(monkeypatch, caplog):
+    """The imported module's ``__version__`` is what is in use (and cheaper to read than the package metadata)."""
+    import livekit.agents
+
+    _errors.reset_for_tests()
+    monkeypatch.setattr(livekit.agents, "__version__", "1.99.0")  # what the installed metadata does not say
+    lk_probe._check_versions()
+    assert _lk_warnings(caplog) == [f"lk_probe: livekit-agents 1.99.0 is outside the supported range "
+                                    f"{package.SUPPORTED['livekit-agents']}; instrumenting what still applies"]
+    _errors.reset_for_tests()
+
+
+@pytest.mark.parametrize("v", ["1.8.9", "1.9.0", "1.9", "1.2", "1.1.99", "1.8.10rc1", "1.9.0rc1", "1.2.0rc1",
+                               "1.10.0", "1.8.9.post1", "2", "not-a-version"])
+@pytest.mark.parametrize("spec", list(package.SUPPORTED.values()) + [">= 1.2, != 1.5.0"])
+def test_the_range_check_agrees_with_packaging(v, spec):
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion
+
+    try:
+        expected = SpecifierSet(spec).contains(v, prereleases=True)
+    except InvalidVersion:
+        expected = None
+    assert lk_probe._supported(v, spec) is expected

@@ -22,7 +22,8 @@ DOCS: dict[str, tuple[str, str]] = {
                             "When lk_probe builds the provider from OTEL_* and no global provider is set, make it "
                             "global so livekit-agents' own spans are exported with lk_probe's."),
     "schedule_delay_ms": ("LK_PROBE_SCHEDULE_DELAY_MS",
-                          "Batch delay of the provider lk_probe builds (OTEL_BSP_SCHEDULE_DELAY wins when set)."),
+                          "Batch delay of the provider lk_probe builds (OTEL_BSP_SCHEDULE_DELAY wins when set): "
+                          "phases arrive within about a second, in about one export request per second."),
     "flush_timeout_s": ("LK_PROBE_FLUSH_TIMEOUT_S", "Upper bound of every flush lk_probe does (job end, stall)."),
     "stall_records": ("LK_PROBE_STALL_RECORDS",
                       "Export a stall record while a phase is still open once it crosses its budget."),
@@ -52,7 +53,7 @@ class Options:
     job_process: bool = True
     rtc: bool = True
     set_global_provider: bool = True
-    schedule_delay_ms: int = 500
+    schedule_delay_ms: int = 1000
     flush_timeout_s: float = 5.0
     stall_records: bool = True
     capture_rust_debug: bool = True

@@ -27,8 +27,19 @@ class InjectedFault(RuntimeError):
     """Raised inside lk_probe's guarded blocks when LK_PROBE_INJECT_FAULTS=1 (tests prove nothing escapes)."""
 
 
+_faults = False  # LK_PROBE_INJECT_FAULTS=1, read at import and at install() (not at every guard: ~100 per job)
+
+
+def read_environment() -> None:
+    global _faults
+    _faults = os.environ.get("LK_PROBE_INJECT_FAULTS") == "1"
+
+
+read_environment()
+
+
 def _inject() -> None:
-    if os.environ.get("LK_PROBE_INJECT_FAULTS") == "1":
+    if _faults:
         raise InjectedFault("fault injected inside lk_probe")
 
 
@@ -52,8 +63,9 @@ def report(where: str, exc: BaseException) -> None:
 class guard:
     """``with guard("worker.availability"): ...`` — lk_probe's own bookkeeping, never the user's call.
 
-    An exception escaping the block is reported (once per site) and swallowed. With LK_PROBE_INJECT_FAULTS=1 every
-    block that completes raises an InjectedFault at its end instead, to prove that nothing escapes.
+    An exception escaping the block is reported (once per site) and swallowed. With LK_PROBE_INJECT_FAULTS=1 (in the
+    environment when lk_probe is imported or installed) every block that completes raises an InjectedFault at its
+    end instead, to prove that nothing escapes.
     """
 
     __slots__ = ("where",)

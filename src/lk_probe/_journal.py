@@ -19,12 +19,29 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
+# one encoder for every line (json.dumps with options builds a new one per call)
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
 MAX_BYTES = 1 << 20  # a journal never grows past 1 MiB (phases, not records, are journaled)
 
 
 def directory() -> str:
     # per user, so that nobody else can plant files or links in it
     return os.environ.get("LK_PROBE_JOURNAL_DIR") or os.path.join(tempfile.gettempdir(), f"lk_probe-{os.getuid()}")
+
+
+_checked: set[str] = set()  # directories made and found private in this process
+
+
+def check_directory(d: str) -> None:
+    """Make ``d`` (mode 0700) and make sure it is this user's and private; once per directory and process."""
+    if d in _checked:
+        return
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{d} is not a private directory of this user; no crash journal")
+    _checked.add(d)
 
 
 def path_for(job_id: str, pid: int) -> str:
@@ -34,21 +51,19 @@ def path_for(job_id: str, pid: int) -> str:
 
 class Journal:
     def __init__(self, path: str) -> None:
-        d = os.path.dirname(path)
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        st = os.lstat(d)
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise PermissionError(f"{d} is not a private directory of this user; no crash journal")
+        check_directory(os.path.dirname(path))
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         self._size = 0
         self._lock = threading.Lock()
 
     def _write(self, obj: dict[str, Any]) -> None:
-        data = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
+        self._append((_encode(obj) + "\n").encode())
+
+    def _append(self, data: bytes, end: bool = False) -> None:
         with self._lock:
             # past the cap only end records are written, so that nothing already exported is ever re-exported
-            if self._fd < 0 or (self._size + len(data) > MAX_BYTES and obj.get("op") != "e"):
+            if self._fd < 0 or (self._size + len(data) > MAX_BYTES and not end):
                 return
             os.write(self._fd, data)
             self._size += len(data)
@@ -69,7 +84,7 @@ class Journal:
     def ended(self, span: Any) -> None:
         sc = span.get_span_context()
         if sc.is_valid:
-            self._write({"op": "e", "sid": format(sc.span_id, "016x")})
+            self._append(b'{"op":"e","sid":"%016x"}\n' % sc.span_id, end=True)  # the line _write would make
 
     def attributes(self, span: Any, attributes: dict[str, Any]) -> None:
         """Attributes set on an open span after it started: merged into the span if the process dies."""

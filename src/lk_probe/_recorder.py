@@ -4,11 +4,15 @@ A Recorder holds the open phase instances of one job (or one plain ``Room``). Ea
 recorder's common attributes (job id, …), explicit start/end times, ERROR status with ``error.type`` on failure, and
 feeds the per-phase duration histogram and outcome counter. While a phase with a budget stays open, the watchdog
 thread exports a ``stall`` record (span + WARNING log) as soon as the budget is crossed, and again at 2×, 4×, 8×….
+The watchdog sleeps until the next such deadline (or a held span's timeout): with nothing due it costs nothing.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -67,7 +71,6 @@ class Recorder:
         self._default_parent = default_parent
         self.attributes = clean_attributes(attributes)
         self.label = label  # e.g. the job id, for stall log lines
-        _watchdog.add(self)
 
     # ---------------------------------------------------------------- PhaseSink
     @guarded("recorder.start")
@@ -90,8 +93,11 @@ class Recorder:
                                                  links=links)
             budget = c.budget(phase)
             lag = (time.time_ns() - t) / 1e9
-            self._open[key] = _Open(phase, span, trace.set_span_in_context(span), t, time.monotonic() - max(lag, 0),
-                                    budget, budget, inferred_from=_inferred_from(attrs))
+            o = self._open[key] = _Open(phase, span, trace.set_span_in_context(span), t,
+                                        time.monotonic() - max(lag, 0), budget, budget,
+                                        inferred_from=_inferred_from(attrs))
+            if budget and _watchdog.enabled:
+                _watchdog.arm(o.start_mono + budget, self, o)
         return span
 
     @guarded("recorder.end")
@@ -99,6 +105,8 @@ class Recorder:
             error_message: str | None = None, attributes: dict[str, Any] | None = None) -> None:
         with self._lock:
             o = self._open.pop(key, None)
+            if o is not None:
+                o.next_stall = None  # the watchdog's deadline for it, if any, is void
         if o is None:
             return
         self._finish(o, t if t is not None else time.time_ns(), error_type, error_message, attributes)
@@ -174,6 +182,8 @@ class Recorder:
         with self._lock:
             items = list(self._open.items())
             self._open.clear()
+            for _, o in items:
+                o.next_stall = None
         t = t if t is not None else time.time_ns()
         for _, o in reversed(items):
             with guard("recorder.close_all"):
@@ -201,18 +211,21 @@ class Recorder:
             m["outcome"].add(1, labels)
 
     # ---------------------------------------------------------------- stalls
-    def _check_stalls(self, now_mono: float) -> list[tuple[_Open, float]]:
-        due = []
+    def _stall_due(self, o: _Open, now_mono: float) -> float | None:
+        """The watchdog's deadline for ``o`` came: if it is still open and past its next stall, count the stall, arm
+        the next one (2× the last) and return the elapsed time; else None."""
         with self._lock:
-            for o in self._open.values():
-                if o.next_stall is None:
-                    continue
-                elapsed = now_mono - o.start_mono
-                if elapsed >= o.next_stall:
-                    o.stalls += 1
-                    o.next_stall = o.budget * (2 ** o.stalls) if o.budget else None
-                    due.append((o, elapsed))
-        return due
+            if o.next_stall is None:  # ended
+                return None
+            elapsed = now_mono - o.start_mono
+            if elapsed >= o.next_stall:
+                o.stalls += 1
+                o.next_stall = o.budget * (2 ** o.stalls) if o.budget else None
+            else:
+                elapsed = None
+            if o.next_stall is not None:
+                _watchdog.arm(o.start_mono + o.next_stall, self, o)
+        return elapsed
 
 
 def _inferred_from(attrs: dict[str, Any]) -> str | None:
@@ -254,8 +267,10 @@ class _Holds:
 
     def hold(self, span: Any, timeout: float) -> None:
         span = getattr(span, "__wrapped__", span)
+        deadline = time.monotonic() + timeout
         with self._lock:
-            self._items[id(span)] = [span, time.monotonic() + timeout, None]
+            self._items[id(span)] = [span, deadline, None]
+        _watchdog.arm(deadline)
 
     def end(self, span: Any, end_time: int | None = None) -> None:
         with self._lock:
@@ -301,41 +316,87 @@ class HoldableSpan(wrapt.ObjectProxy):  # type: ignore[misc]
 
 
 class _Watchdog:
-    """One daemon thread per process, started with the first Recorder (never at import)."""
+    """One daemon thread per process, started with the first deadline (never at import).
 
-    INTERVAL = 0.05
+    Deadlines are a heap of (monotonic time, sequence, phase, recorder) with the phase and recorder held weakly; a held
+    span's timeout is a deadline with neither. The thread sleeps until the earliest deadline, and for as long as there
+    is none: no polling while nothing has a budget open. A phase that ended leaves its deadline behind, void; void
+    deadlines at the head of the heap are dropped before the thread sleeps.
+    """
 
     def __init__(self) -> None:
-        self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self.enabled = True  # stall records (the option); held spans expire either way
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Any, Any]] = []
+        self._seq = itertools.count()
         self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-        self.enabled = True
 
-    def add(self, rec: Recorder) -> None:
-        import os
+    def start(self) -> None:
+        """Start the thread now (a job process's prewarm) rather than with the first deadline."""
+        with self._cond:
+            self._start()
 
-        with self._lock:
-            self._recorders.add(rec)
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="lk_probe-watchdog", daemon=True)
-                self._thread.start()
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lk_probe-watchdog", daemon=True)
+            self._thread.start()
+
+    def arm(self, when: float, rec: Recorder | None = None, o: _Open | None = None) -> None:
+        entry = (when, next(self._seq), weakref.ref(o) if o is not None else None,
+                 weakref.ref(rec) if rec is not None else None)
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            self._start()
+            if self._heap[0] is entry:  # earlier than what the thread sleeps for
+                self._cond.notify()
+
+    def _drop_void(self) -> None:
+        """Drop the deadlines at the head of the heap that nobody waits for any more (a phase that ended, a hold
+        released): a burst of short phases then costs one wake-up, not one per phase."""
+        heap = self._heap
+        while heap:
+            oref = heap[0][2]
+            if oref is None:
+                if len(holds):
+                    return
+            else:
+                o = oref()
+                if o is not None and o.next_stall is not None and self.enabled:
+                    return
+            heapq.heappop(heap)
+
+    def _next(self) -> tuple[float, list[tuple[float, int, Any, Any]]]:
+        with self._cond:
+            while True:
+                self._drop_void()
+                now = time.monotonic()
+                if self._heap and self._heap[0][0] <= now:
+                    break
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+            due = []
+            while self._heap and self._heap[0][0] <= now:
+                due.append(heapq.heappop(self._heap))
+        return now, due
 
     def _run(self) -> None:
         while True:
-            time.sleep(self.INTERVAL)
-            if not self.enabled:
-                continue
+            now, due = self._next()
             with guard("watchdog"):
-                with self._lock:
-                    recs = list(self._recorders)
                 emitted = False
-                now = time.monotonic()
-                if len(holds):
-                    holds.expire(now)
-                for rec in recs:
-                    for o, elapsed in rec._check_stalls(now):
+                for _, _, oref, rref in due:
+                    if oref is None:
+                        holds.expire(now)
+                        continue
+                    o, rec = oref(), rref()
+                    if o is None or rec is None or not self.enabled:
+                        continue
+                    elapsed = rec._stall_due(o, now)
+                    if elapsed is not None:
                         emit_stall(rec, o, elapsed)
                         emitted = True
                 if emitted:

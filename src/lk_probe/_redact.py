@@ -85,13 +85,20 @@ def clean(text: object, max_len: int = MAX_LEN) -> str:
     return s
 
 
+class Cleaned(dict):  # type: ignore[type-arg]
+    """Attributes :func:`clean_attributes` has made: passed on (the Rust bridge to the Recorder), not cleaned again."""
+
+
 def clean_attributes(attrs: dict[str, Any] | None) -> dict[str, Any]:
     """A copy of ``attrs`` fit to leave the process: every str value cleaned; None values dropped (OTel rejects
     them); infinite and NaN floats dropped (common backends cannot represent them: one shows ``Infinity``, another
-    nothing); other scalars passed through; anything else turned into a cleaned string."""
+    nothing); other scalars passed through; anything else turned into a cleaned string. Attributes it made before
+    (:class:`Cleaned`) are copied as they are: each value is redacted once."""
     if not attrs:
-        return {}
-    out: dict[str, Any] = {}
+        return Cleaned()
+    if type(attrs) is Cleaned:
+        return Cleaned(attrs)
+    out = Cleaned()
     for k, v in attrs.items():
         if v is None:
             continue

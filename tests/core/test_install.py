@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import lk_probe
 from lk_probe import _catalogue, _config, _ids, _patching, _provider
-from lk_probe._recorder import Recorder
+from lk_probe._recorder import Recorder, _watchdog
 from lk_probe._redact import clean as redact
 from lk_probe.spans import SpanSet
 
@@ -91,7 +91,7 @@ def test_malformed_env_option_is_ignored_with_one_warning(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="lk_probe"):
         opts = _config.resolve()
         _config.resolve()
-    assert opts.schedule_delay_ms == 500
+    assert opts.schedule_delay_ms == 1000
     assert sum("LK_PROBE_SCHEDULE_DELAY_MS" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -189,6 +189,28 @@ def test_budget_crossing_exports_a_stall_record_while_the_phase_is_open(memory_p
     assert any("rtc.signal of job AJ_stall still open" in r.getMessage() for r in caplog.records)
 
 
+def _switches(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+
+
+def test_the_watchdog_sleeps_while_no_budget_is_open(memory_provider, monkeypatch):
+    provider, exporter = memory_provider
+    monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "0.05")
+    lk_probe.install(tracer_provider=provider)
+    rec = Recorder(None)
+    rec.start("rtc.signal", "sig")
+    time.sleep(0.15)
+    rec.end("sig")
+    assert SpanSet(exporter.get_finished_spans()).phases("stall")  # it was awake while the budget was open
+    time.sleep(0.3)  # the ended phase's next deadline (4× the budget) passes, void
+    thread = _watchdog._thread
+    before = _switches(thread.native_id)
+    time.sleep(0.6)
+    # a thread polling every 50 ms would have woken a dozen times
+    assert _switches(thread.native_id) - before <= 2
+
+
 def test_stall_records_can_be_switched_off(memory_provider, monkeypatch):
     provider, exporter = memory_provider
     monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "0.05")
@@ -266,3 +288,49 @@ def test_nothing_is_recorded_or_built_after_uninstall(memory_provider, monkeypat
     assert exporter.get_finished_spans() == ()
     assert _provider.current() is None  # no provider was built from OTEL_* (nor made global)
     assert trace.get_tracer_provider() is global_before
+
+
+def test_the_job_process_prewarm_starts_what_a_job_would_start_first(install_from_env, monkeypatch, tmp_path):
+    """The watchdog thread, the phase metrics and the journal's directory are ready before the job starts: a thread
+    start waits for the new thread to run, which on a busy machine took milliseconds between the job's start and its
+    entrypoint."""
+    from lk_probe import _journal, _recorder
+    from lk_probe._patches import job
+
+    fresh = _recorder._Watchdog()
+    monkeypatch.setattr(_recorder, "_watchdog", fresh)
+    install_from_env(OTEL_TRACES_EXPORTER="none", LK_PROBE_JOURNAL_DIR=str(tmp_path / "journal"))
+    job._warm_up()
+    assert fresh._thread is not None and fresh._thread.is_alive()
+    assert str(tmp_path / "journal") in _journal._checked
+
+
+def test_the_engine_bridge_s_attributes_are_redacted_once(memory_provider, monkeypatch):
+    """The Rust bridge's sink cleans what the machine emits; the Recorder behind it does not clean it again."""
+    from lk_probe import _redact
+    from lk_probe._rust.out import Out
+
+    provider, exporter = memory_provider
+    lk_probe.install(tracer_provider=provider)
+    cleaned = []
+    real = _redact.clean
+    monkeypatch.setattr(_redact, "clean", lambda text, *a, **k: cleaned.append(text) or real(text, *a, **k))
+    out = Out(Recorder(None))
+    out.start("rtc.reconnect", "r", time.time_ns(), {"lk_probe.reconnect.reason": "ws://h:1/rtc?access_token=x"})
+    out.end("r", time.time_ns(), attrs={"lk_probe.leave.reason": "closed"})
+    assert sorted(cleaned) == ["closed", "ws://h:1/rtc?access_token=x"]  # each once
+    span = SpanSet(exporter.get_finished_spans()).phase("rtc.reconnect")
+    assert span.attributes["lk_probe.reconnect.reason"] == "ws://h:1/rtc"
+
+
+def test_a_held_span_is_released_after_its_timeout_without_stall_records(memory_provider):
+    from lk_probe._recorder import holds
+
+    provider, exporter = memory_provider
+    lk_probe.install(tracer_provider=provider, stall_records=False)
+    span = provider.get_tracer("t").start_span("held")
+    holds.hold(span, 0.1)
+    holds.end(span)
+    assert not exporter.get_finished_spans()  # held
+    time.sleep(0.4)
+    assert [s.name for s in exporter.get_finished_spans()] == ["held"]  # released by the watchdog at the timeout

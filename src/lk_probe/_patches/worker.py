@@ -542,17 +542,20 @@ async def _exec_supervise(wrapped, instance, args, kwargs):
     try:
         return await wrapped(*args, **kwargs)
     finally:
-        jt = None
+        # a healthy job's last spans go with the batch processor's next export (within its delay): the worker lives
+        # on, and a flush here would be one more export request per job. A process that failed is news now.
+        failed = False
         with guard("worker.process_end"):
             jt = _job_of.get(instance)
             if jt is not None:
-                _on_process_end(jt, instance)
-        if jt is not None:
+                failed = _on_process_end(jt, instance)
+        if failed:
             with guard("worker.flush"):
                 _provider.flush_soon()  # in its own daemon thread: the worker's loop and executor never wait
 
 
-def _on_process_end(jt: _JobTrace, proc: Any) -> None:
+def _on_process_end(jt: _JobTrace, proc: Any) -> bool:
+    """End the job's process and root spans; True when the process failed (killed, a non-zero exit)."""
     import signal
 
     t = time.time_ns()
@@ -591,6 +594,7 @@ def _on_process_end(jt: _JobTrace, proc: Any) -> None:
     jt.rec.end("job.process", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
     _finish_job(jt, t, outcome=outcome, error_type=error_type, error_message=error_message,
                 attributes={k: v for k, v in attrs.items() if k != c.OUTCOME}, verdict=handed)
+    return error_type is not None
 
 
 def _finish_job(jt: _JobTrace, t: int, *, outcome: str, error_type: str | None = None,

@@ -1,4 +1,5 @@
-"""The sink as the engine machine sees it: every string redacted, no key ended twice, open phases capped."""
+"""The sink as the engine machine sees it: every string redacted (once: the Recorder takes the cleaned attributes as
+they are), no key ended twice, open phases capped."""
 
 from __future__ import annotations
 
