@@ -209,3 +209,16 @@ def test_localhost_means_ipv4_loopback():
     with OtlpReceiver(host="localhost") as rx:
         assert rx.http_endpoint.startswith("http://127.0.0.1:")
         assert post(rx.http_endpoint, b"")[0] == 200
+
+
+def test_a_compressed_body_is_never_expanded_past_the_size_limit():
+    # a few kB of gzip that expands to more than the 64 MiB limit (what `lk-probe serve` and the receiver accept)
+    from lk_probe._otlp_wire import MAX_BODY, WireError, decode, decompress
+
+    bomb = gzip.compress(b"\0" * (MAX_BODY + 1))
+    assert len(bomb) < MAX_BODY // 500
+    with pytest.raises(WireError, match="over 67108864 bytes"):
+        decode(bomb, "gzip")
+    assert decompress(gzip.compress(b"ok"), "gzip") == b"ok"
+    with pytest.raises(WireError, match="truncated"):
+        decode(gzip.compress(b"x" * 100)[:-10], "gzip")

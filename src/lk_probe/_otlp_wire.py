@@ -7,7 +7,6 @@ receiver (:mod:`lk_probe.testing.otlp`).
 
 from __future__ import annotations
 
-import gzip
 import time
 import zlib
 from typing import Any
@@ -23,17 +22,28 @@ class WireError(ValueError):
     """Not a valid OTLP trace export body."""
 
 
+def _inflate(body: bytes, wbits: int) -> bytes:
+    """Decompress, never to more than MAX_BODY bytes (a small compressed body can expand without bound)."""
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(body, MAX_BODY + 1)
+    if len(out) > MAX_BODY or d.unconsumed_tail:
+        raise ValueError(f"decompressed body over {MAX_BODY} bytes")
+    if not d.eof:
+        raise ValueError("truncated compressed body")
+    return out
+
+
 def decompress(body: bytes, encoding: str) -> bytes:
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding == "gzip":
-        return gzip.decompress(body)
+        return _inflate(body, 16 + zlib.MAX_WBITS)
     if encoding == "deflate":
         try:
-            return zlib.decompress(body)
+            return _inflate(body, zlib.MAX_WBITS)
         except zlib.error:
-            return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate
+            return _inflate(body, -zlib.MAX_WBITS)  # raw deflate
     raise ValueError(f"unsupported Content-Encoding {encoding!r}")
 
 

@@ -89,14 +89,15 @@ class Recorder:
             else:
                 ctx = self._default_parent
             attrs = {c.PHASE: phase, **self.attributes, **clean_attributes(attributes)}
-            span = _provider.tracer().start_span(phase, context=ctx, kind=p.kind, attributes=attrs, start_time=t,
-                                                 links=links)
+            tracer = _provider.tracer()
+            span = tracer.start_span(phase, context=ctx, kind=p.kind, attributes=attrs, start_time=t, links=links)
             budget = c.budget(phase)
             lag = (time.time_ns() - t) / 1e9
             o = self._open[key] = _Open(phase, span, trace.set_span_in_context(span), t,
                                         time.monotonic() - max(lag, 0), budget, budget,
                                         inferred_from=_inferred_from(attrs))
-            if budget and _watchdog.enabled:
+            # a phase lk_probe does not trace (inside suppress_instrumentation(), or after uninstall) has no stall
+            if budget and _watchdog.enabled and not isinstance(tracer, trace.NoOpTracer):
                 _watchdog.arm(o.start_mono + budget, self, o)
         return span
 

@@ -160,6 +160,21 @@ def test_no_phase_becomes_a_span_inside_suppress_instrumentation(memory_provider
     assert [s.name for s in exporter.get_finished_spans()] == ["job"]
 
 
+def test_a_phase_inside_suppress_instrumentation_has_no_stall_record(memory_provider, monkeypatch, caplog):
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    provider, exporter = memory_provider
+    monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "0.1")
+    lk_probe.install(tracer_provider=provider)
+    rec = Recorder(None, label="AJ_quiet")
+    with caplog.at_level(logging.WARNING, logger="lk_probe"), suppress_instrumentation():
+        rec.start("rtc.signal", "quiet")
+        time.sleep(0.5)  # past the budget and its first doubling
+        rec.end("quiet")
+    assert not exporter.get_finished_spans()
+    assert "AJ_quiet" not in caplog.text
+
+
 def test_budget_crossing_exports_a_stall_record_while_the_phase_is_open(memory_provider, monkeypatch, caplog):
     provider, exporter = memory_provider
     monkeypatch.setenv("LK_PROBE_BUDGET_RTC_SIGNAL", "0.2")

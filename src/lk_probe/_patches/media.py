@@ -45,6 +45,7 @@ PACKET_S = 0.02  # an Opus packet's duration (20 ms frames), to place the end of
 AUDIO_AFTER_MAX = 10.0  # s after a recovered episode that its end is held for inbound audio
 MAX_TRACKS = 8  # inbound audio tracks watched per room
 STATS_TIMEOUT = 1.0
+UNREAD = -1  # a stats read that timed out: nothing is known of this poll (never taken for a silence)
 
 K_WAIT = ("media", "participant_wait")
 K_TRACK = ("media", "track_wait")
@@ -132,6 +133,7 @@ def stats_readable() -> bool:
 @dataclass(eq=False)
 class _Inbound:
     track: Any
+    pub: Any  # its publication: a muted track sends nothing and that is no silence
     sid: str
     source: str
     first: bool  # the room's first remote audio track (its phases: media.subscribe, media.first_audio)
@@ -226,7 +228,7 @@ class MediaWatch:
         if first:
             self.rec.start("media.first_audio", K_FIRST, t=t, attributes={c.MEDIA_TRACK_SID: track.sid,
                                                                           c.MEDIA_TRACK_SOURCE: source})
-        self.inbound[track.sid] = _Inbound(track, track.sid, source, first, time.monotonic(), t)
+        self.inbound[track.sid] = _Inbound(track, pub, track.sid, source, first, time.monotonic(), t)
         self._ensure_task()
 
     def _unsubscribed(self, track: Any) -> None:
@@ -275,12 +277,15 @@ class MediaWatch:
             n = await self._read(inb.track, "inbound_rtp")
             if self.closed:
                 return
-            if n is None:  # the track is gone (unsubscribed, the room left)
-                self.inbound.pop(inb.sid, None)
+            if n is None:  # the track is gone (unsubscribed, the room left): its open phases end with it
+                self._unsubscribed(inb.track)
                 continue
-            self._inbound(inb, n, connected)
+            if n != UNREAD:
+                self._inbound(inb, n, connected)
         if self.local is not None:
             n = await self._read(self.local, "outbound_rtp")
+            if n == UNREAD:
+                n = 0
             if n:
                 self.rec.end(K_PUBLISH, attributes={c.MEDIA_PACKETS: n})
             if n is None or n:
@@ -290,13 +295,13 @@ class MediaWatch:
     @staticmethod
     async def _read(track: Any, kind: str) -> int | None:
         """Packets received or sent so far (0 before the first); None when the track's stats cannot be read (its
-        handle was released: the track or the room is gone)."""
+        handle was released: the track or the room is gone); UNREAD when the read timed out (a busy FFI or loop)."""
         try:
             stats = await asyncio.wait_for(track.get_stats(), STATS_TIMEOUT)
         except asyncio.CancelledError:
             raise
         except asyncio.TimeoutError:
-            return 0
+            return UNREAD
         except Exception:  # noqa: BLE001 - livekit raises bare Exception / AssertionError for a released handle
             return None
         return _packets(stats, kind) or 0
@@ -313,6 +318,9 @@ class MediaWatch:
                              attributes={c.OUTCOME: "resumed", c.MEDIA_PACKETS: n})
                 inb.silent = False
             inb.packets, inb.last_mono, inb.last_ns = n, now_mono, now_ns
+            return
+        if getattr(inb.pub, "muted", False):  # the caller muted: nothing is sent, the silence budget starts at unmute
+            inb.last_mono, inb.last_ns = now_mono, now_ns
             return
         budget = c.budget("media.silence")
         if inb.silent or not connected or budget is None or now_mono - inb.last_mono < budget:
@@ -365,8 +373,16 @@ class MediaWatch:
             holds.release(self._held)
             self._held = None
         task = self._task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
+        if task is not None and not task.done():
+            try:
+                current = asyncio.current_task()
+            except RuntimeError:  # no loop in this thread (uninstall() from plain code or another thread)
+                current = None
+            if task is not current:
+                try:
+                    task.get_loop().call_soon_threadsafe(task.cancel)
+                except RuntimeError:  # its loop is closed: the task went with it
+                    pass
 
 
 _watches: "weakref.WeakKeyDictionary[Any, MediaWatch]" = weakref.WeakKeyDictionary()

@@ -91,15 +91,20 @@ def _new_machine(rec: Recorder) -> Any:
 
 
 async def _room_connect(wrapped, instance, args, kwargs):
-    rt = None
+    rt = quiet = None
     with guard("room.connect_start"):
-        rt = _begin(instance, args, kwargs) if not _provider.suppressed() else _quiet(instance)
+        if _provider.suppressed():
+            quiet = _quiet(instance)
+        else:
+            rt = _begin(instance, args, kwargs)
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as e:
         with guard("room.connect_failed"):
             if rt is not None:
                 _finish(instance, rt, error=e)
+            if quiet is not None:
+                quiet.closed = True
         raise
     with guard("room.connect_done"):
         if rt is not None:
@@ -139,10 +144,18 @@ def _begin(room: Any, args: tuple, kwargs: dict) -> RoomTrace:
     return rt
 
 
-def _quiet(room: Any) -> None:
+def _quiet(room: Any) -> RoomTrace:
     """A Room connected inside ``suppress_instrumentation()``: untraced for its whole life. It becomes the newest room,
-    with no machine, so the engine's records of its connect and of its later reconnects go nowhere."""
-    _register(room, RoomTrace(Recorder(None), None, None, None, None))
+    with no machine, so the engine's records of its connect and of its later reconnects go nowhere; once it failed to
+    connect or disconnected, it no longer stands in front of the rooms connected before it."""
+    rt = RoomTrace(Recorder(None), None, None, None, None)
+    _register(room, rt)
+
+    def gone(*_: Any) -> None:
+        rt.closed = True
+
+    room.on("disconnected", gone)
+    return rt
 
 
 def _finish(room: Any, rt: RoomTrace, error: BaseException | None) -> None:
