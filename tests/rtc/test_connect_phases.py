@@ -212,6 +212,8 @@ async def test_a_suppressed_room_that_left_does_not_hide_an_earlier_rooms_record
     await asyncio.wait_for(quiet.disconnect(), 10)
     await signal(lk_double, "send_leave", "loud2", action="RESUME", room="loud2")
     await loud_events.wait("reconnected", timeout=30)
+    await asyncio.sleep(1.5)  # the engine's records of the resume come in the FFI's next log batch
+    await asyncio.wait_for(loud.disconnect(), 10)
     spans = await wait_spans(capspans, lambda s: s.named("rtc.reconnect.attempt") and s.named("rtc.reconnect"), 10)
     (attempt,) = spans.phases("rtc.reconnect.attempt")
     assert attempt.attributes["lk_probe.reconnect.mode"] == "resume" and not attempt.error
