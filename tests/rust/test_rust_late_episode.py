@@ -98,3 +98,19 @@ def test_the_rooms_initial_connected_state_delivered_late_does_not_end_an_episod
     assert ep[5]["lk_probe.outcome"] == "recovered" and ep[3] > (stale["t"] - rows[0]["t"]) / 1e6
     assert ep[3] <= (recovered - rows[0]["t"]) / 1e6
     assert [a[5]["lk_probe.reconnect.mode"] for a in attempts] == ["resume"] and attempts[0][4] is None
+
+
+def test_the_episode_ends_after_the_window_when_nothing_more_comes_at_all():
+    # a quiet room: after the `reconnected` event no record and no event arrives; the window's end alone ends the
+    # episode (waited for in real time), so a reconnect that recovered never becomes a stall record
+    import time
+
+    meta, rows, start, recovered = _late_batch("real-leave_resume-1.1.2.jsonl")
+    cut = max(i for i, r in enumerate(rows) if r["kind"] == "room_event" and r["t"] <= recovered + 1_000_000)
+    sink, m = replay_rows(meta, rows[:cut + 1])
+    assert any(r[0] == "rtc.reconnect" and r[3] is None for r in tree(sink, t0=start))  # still open, awaiting
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline and m.open_count():
+        time.sleep(0.05)
+    (ep,) = [r for r in tree(sink, t0=start) if r[0] == "rtc.reconnect"]
+    assert ep[3] == pytest.approx((recovered - start) / 1e6) and ep[5]["lk_probe.outcome"] == "recovered"

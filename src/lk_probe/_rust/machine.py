@@ -341,6 +341,18 @@ class EngineMachine:
         ep.clamped = Clamped(self._out, ep.t, t)
         if ep.attempt is not None:
             ep.attempt.out = ep.clamped
+        # a quiet room may send nothing more: the window's end alone ends the episode then
+        timer = threading.Timer(LATE_EPISODE_WINDOW / 1e9 + 0.2, self._settle_quiet, args=(ep,))
+        timer.daemon = True
+        timer.start()
+
+    @guarded("rust.machine.settle_quiet")
+    def _settle_quiet(self, ep: _Episode) -> None:
+        """The recovered episode's window passed with no input at all: it ends now (as the first later input would
+        have ended it), not with a stall record of an episode that recovered."""
+        with self._lock:
+            if self._episode is ep and ep.recovered_t is not None:
+                self._settle(ep.recovered_t + LATE_EPISODE_WINDOW + 1)
 
     def _settle(self, t: int, *, force: bool = False) -> None:
         """End an episode the `reconnected` event recovered, when its records are no longer awaited."""
