@@ -88,6 +88,7 @@ def _allowed(*groups: str | None) -> set[str]:
 # that package brings; everything else has only the core dependencies. A new module that imports one of the
 # instrumented packages, or what they bring, needs its line here.
 PARTS = {
+    "testing/audio.py": (None, "testing", "livekit"),  # judges what an rtc.AudioStream subscriber hears
     "testing/": (None, "testing"),
     "pytest_plugin.py": (None, "testing"),
     "demo.py": (None, "testing", "livekit-agents"),  # runs a real agent worker against the double
@@ -96,6 +97,7 @@ PARTS = {
     "_patches/worker.py": (None, "livekit-agents"),
     "_patches/job.py": (None, "livekit-agents"),
     "_patches/room.py": (None, "livekit"),
+    "_patches/media.py": (None, "livekit", "livekit-agents"),  # a room's media phases; AgentSession.start
     "_rust/bridge.py": (None, "livekit"),
     "_patches/api.py": (None, "livekit-api"),
     "_livekit_api.py": (None, "livekit-api"),
