@@ -543,7 +543,8 @@ async def _exec_supervise(wrapped, instance, args, kwargs):
         return await wrapped(*args, **kwargs)
     finally:
         # a healthy job's last spans go with the batch processor's next export (within its delay): the worker lives
-        # on, and a flush here would be one more export request per job. A process that failed is news now.
+        # on, and a flush here would be one more export request per job. A process that failed, or a job with a
+        # finding (its verdict on the root), is news now.
         failed = False
         with guard("worker.process_end"):
             jt = _job_of.get(instance)
@@ -555,7 +556,8 @@ async def _exec_supervise(wrapped, instance, args, kwargs):
 
 
 def _on_process_end(jt: _JobTrace, proc: Any) -> bool:
-    """End the job's process and root spans; True when the process failed (killed, a non-zero exit)."""
+    """End the job's process and root spans; True when the process failed (killed, a non-zero exit) or the job
+    ended with a finding."""
     import signal
 
     t = time.time_ns()
@@ -592,14 +594,15 @@ def _on_process_end(jt: _JobTrace, proc: Any) -> bool:
                                                                           cause=error_type)
         _journal.remove(path)
     jt.rec.end("job.process", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
-    _finish_job(jt, t, outcome=outcome, error_type=error_type, error_message=error_message,
-                attributes={k: v for k, v in attrs.items() if k != c.OUTCOME}, verdict=handed)
-    return error_type is not None
+    troubled = _finish_job(jt, t, outcome=outcome, error_type=error_type, error_message=error_message,
+                           attributes={k: v for k, v in attrs.items() if k != c.OUTCOME}, verdict=handed)
+    return error_type is not None or troubled
 
 
 def _finish_job(jt: _JobTrace, t: int, *, outcome: str, error_type: str | None = None,
                 error_message: str | None = None, attributes: dict[str, Any] | None = None,
-                verdict: dict[str, Any] | None = None) -> None:
+                verdict: dict[str, Any] | None = None) -> bool:
+    """End the job's root span with its verdict; True when it has a finding."""
     attrs = {c.OUTCOME: outcome, **(attributes or {})}
     # anything still open under the job ends with it
     for key, _, _ in jt.rec.open_phases():
@@ -611,6 +614,7 @@ def _finish_job(jt: _JobTrace, t: int, *, outcome: str, error_type: str | None =
         attrs.update(_verdict.root_attributes(findings) if findings else (verdict or {}))
     jt.rec.end("job", t=t, error_type=error_type, error_message=error_message, attributes=attrs)
     _jobs.pop(jt.job_id, None)
+    return c.FINDING_CODE in attrs
 
 
 _KILL_CAUSES = (("pong", "unresponsive"), ("ping", "unresponsive"), ("memory", "memory_limit"),
