@@ -25,7 +25,7 @@ from typing import Any
 from . import _catalogue as c
 from . import _provider
 from ._errors import guard
-from ._findings import CONNECT_PHASES, Finding, diagnose
+from ._findings import CONNECT_PHASES, Finding, _over_budget, diagnose
 
 log = logging.getLogger("lk_probe")
 
@@ -93,7 +93,7 @@ def needs_a_verdict(spans: Any) -> bool:
     """Whether the job had something to explain: a slow or failed join, a failed reconnect episode, a dead
     process, an assignment that never came, a session that never started, a caller's audio that never arrived."""
     for s in spans:
-        if s.phase in CONNECT_PHASES and (s.error or _over(s)):
+        if s.phase in CONNECT_PHASES and (s.error or _over_budget(s)):
             return True
         if s.phase == "rtc.attempt" and s.error:  # the join needed another attempt (or failed)
             return True
@@ -106,11 +106,6 @@ def needs_a_verdict(spans: Any) -> bool:
         if s.phase in ("session.start", "media.subscribe", "media.first_audio") and s.error:
             return True
     return False
-
-
-def _over(span: Any) -> bool:
-    budget = c.budget("job.connect")
-    return budget is not None and span.duration is not None and span.duration > budget
 
 
 def root_attributes(findings: list[Finding]) -> dict[str, Any]:
